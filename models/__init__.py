@@ -1,0 +1,1 @@
+"""Networks, noise schedules, samplers and helpers shared by the problem scripts."""

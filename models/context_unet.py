@@ -1,0 +1,110 @@
+"""A conditional UNet of the ContextUnet family for 28x28 digits (P1).
+
+As TeaPearce's ContextUnet (the course's usual starting point): two residual down blocks,
+a 7x7 bottleneck vector, two up blocks whose features are modulated by the condition
+(`h * scale(c) + shift(t)`). Changes: a sinusoidal time embedding of the integer timestep,
+two conditions (digit and data set) as embeddings, and the null condition of classifier-free
+guidance as an explicit learned class (digit 10, data set `num_datasets`), not a sign trick.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features [cos, sin] of (B,) timesteps -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResidualConvBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, groups: int = 8):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.GELU())
+        self.conv2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.GELU())
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x):
+        return (self.skip(x) + self.conv2(self.conv1(x))) / math.sqrt(2)
+
+
+class Down(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.block = nn.Sequential(ResidualConvBlock(c_in, c_out), nn.MaxPool2d(2))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Up(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
+        self.block = ResidualConvBlock(c_out, c_out)
+
+    def forward(self, x, skip):
+        return self.block(self.up(torch.cat([x, skip], dim=1)))
+
+
+class ContextUnet(nn.Module):
+    """eps = net(x (B, 3, 28, 28), t (B,), digit (B,), dataset (B,)).
+
+    `digit == 10` and `dataset == num_datasets` are the null (unconditional) classes.
+    """
+
+    def __init__(self, in_channels: int = 3, n_feat: int = 64, num_digits: int = 10, num_datasets: int = 2):
+        super().__init__()
+        self.null_digit, self.null_dataset = num_digits, num_datasets
+        f, emb = n_feat, 2 * n_feat
+        self.init_conv = ResidualConvBlock(in_channels, f)
+        self.down1, self.down2 = Down(f, f), Down(f, 2 * f)
+        self.to_vec = nn.Sequential(nn.AvgPool2d(7), nn.GELU())
+        self.time_mlp = nn.Sequential(nn.Linear(f, emb), nn.GELU(), nn.Linear(emb, emb))
+        self.digit_emb = nn.Embedding(num_digits + 1, emb)
+        self.dataset_emb = nn.Embedding(num_datasets + 1, emb)
+        # per-level modulation: scale from the condition, shift from time (as ContextUnet)
+        self.cond1, self.time1 = nn.Linear(emb, 2 * f), nn.Linear(emb, 2 * f)
+        self.cond2, self.time2 = nn.Linear(emb, f), nn.Linear(emb, f)
+        self.up0 = nn.Sequential(nn.ConvTranspose2d(2 * f, 2 * f, 7, 7), nn.GroupNorm(8, 2 * f), nn.GELU())
+        self.up1, self.up2 = Up(4 * f, f), Up(2 * f, f)
+        self.out = nn.Sequential(nn.Conv2d(2 * f, f, 3, padding=1), nn.GroupNorm(8, f), nn.GELU(),
+                                 nn.Conv2d(f, in_channels, 3, padding=1))
+        self.n_feat = n_feat
+
+    def forward(self, x, t, digit, dataset):
+        x = self.init_conv(x)                       # (B, f, 28, 28)
+        d1 = self.down1(x)                          # (B, f, 14, 14)
+        d2 = self.down2(d1)                         # (B, 2f, 7, 7)
+        h = self.up0(self.to_vec(d2))               # (B, 2f, 7, 7)
+        temb = self.time_mlp(timestep_embedding(t, self.n_feat))
+        cemb = self.digit_emb(digit) + self.dataset_emb(dataset)
+        h = h * (1 + self.cond1(cemb))[..., None, None] + self.time1(temb)[..., None, None]
+        h = self.up1(h, d2)                         # (B, f, 14, 14)
+        h = h * (1 + self.cond2(cemb))[..., None, None] + self.time2(temb)[..., None, None]
+        h = self.up2(h, d1)                         # (B, f, 28, 28)
+        return self.out(torch.cat([h, x], dim=1))   # (B, 3, 28, 28)
+
+
+def build_from_config(config: dict) -> ContextUnet:
+    return ContextUnet(**config["model"])
+
+
+def load_p1_model(path) -> tuple[ContextUnet, dict]:
+    """The network (EMA weights when present) and config of a P1 checkpoint, in eval mode."""
+    from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+
+    ckpt = load_checkpoint(path, required=("config",), what="P1 DDPM checkpoint")
+    state = ckpt.get("ema", ckpt.get("model"))
+    if state is None:
+        raise CheckpointError(f"{path}: P1 DDPM checkpoint holds no 'ema' or 'model' weights")
+    config = ckpt["config"]
+    try:
+        net = build_from_config(config)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: config does not describe a ContextUnet ({e})") from None
+    load_state_dict_strict(net, {k: v.float() for k, v in state.items()}, str(path))
+    return net.eval(), config

@@ -1,0 +1,147 @@
+"""Noise schedules and samplers shared by P1 (conditional DDPM) and P2 (DDIM).
+
+Conventions (those of DDPM, DDIM and `diffusers`):
+- timesteps are 0-indexed, t = 0 .. T-1; `alphas_cumprod[t] = prod_{s<=t} (1 - beta_s)`;
+- the step that leaves the last visited timestep (usually t = 0) goes to `alpha_bar = 1`;
+- a denoiser is any callable `eps = model(x, t)` with x (B, C, H, W) and t (B,) int64 values;
+- a sampler is a pure function `sample(model, x_T, alphas_cumprod, *, timesteps, ...) -> x_0`
+  that never draws its own starting noise.
+Coefficients are computed in float64 and applied to the float32 images as Python floats.
+"""
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# callback(i, t, x_t, eps): called before step i, which leaves timestep t
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    """The linear schedule of DDPM (Ho et al. 2020, sec. 4), float64 (T,)."""
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar[t] = prod_{s<=t} (1 - beta_s), float64 (T,)."""
+    return torch.cumprod(1.0 - betas.double(), dim=0)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps  (eq. 4 of DDPM); t (B,) indexes alpha_bar."""
+    ab = alpha_bar.to(x0.device)[t].view(-1, 1, 1, 1)
+    return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+
+
+def spaced_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
+    """Descending timesteps `range(0, T, T // num_steps)`, the DDIM paper's and the course's spacing.
+
+    For T = 1000 and 50 steps: 980, 960, ..., 20, 0. Other codebases shift this by one
+    (`diffusers`' "trailing" spacing gives 999, ..., 19; its default "leading" one adds
+    `steps_offset`); the choice matters only for matching a reference exactly.
+    """
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps must be in 1..{num_train_steps}, got {num_steps}")
+    return list(range(0, num_train_steps, num_train_steps // num_steps))[::-1]
+
+
+def ddpm_step(x, eps, ab_t: float, ab_prev: float, noise):
+    """Ancestral step x_t -> x_prev of DDPM (eq. 11, sigma^2 = posterior variance beta_tilde).
+
+    With ab_prev / ab_t of two visited (possibly strided) timesteps, beta_t = 1 - ab_t / ab_prev.
+    """
+    alpha = ab_t / ab_prev
+    beta = 1.0 - alpha
+    mean = (x - beta / (1.0 - ab_t) ** 0.5 * eps) / alpha ** 0.5
+    var = beta * (1.0 - ab_prev) / (1.0 - ab_t)
+    return mean if noise is None else mean + var ** 0.5 * noise
+
+
+def ddim_sigma(ab_t: float, ab_prev: float, eta: float) -> float:
+    """eq. 16 of DDIM: sigma = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev)."""
+    return eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
+
+
+def ddim_step(x, eps, ab_t: float, ab_prev: float, eta: float, noise):
+    """Generalised step of DDIM (eq. 12); predicted x_0 is not clipped."""
+    x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
+    sigma = ddim_sigma(ab_t, ab_prev, eta)
+    x_prev = ab_prev ** 0.5 * x0 + (1.0 - ab_prev - sigma ** 2) ** 0.5 * eps
+    return x_prev if noise is None or sigma == 0 else x_prev + sigma * noise
+
+
+def _loop(model: Denoiser, x: torch.Tensor, alpha_bar: torch.Tensor, timesteps: Sequence[int], step,
+          needs_noise: bool, generator, noises, callback, progress) -> torch.Tensor:
+    timesteps = [int(t) for t in timesteps]
+    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        raise ValueError("timesteps must be strictly decreasing")
+    ab = alpha_bar.double().cpu()
+    for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
+        ab_t = ab[t].item()
+        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+        if callback is not None:
+            callback(i, t, x, eps)
+        noise = None
+        if needs_noise and i + 1 < len(timesteps):  # the last step is deterministic (sigma = 0)
+            noise = noises[i] if noises is not None else torch.randn(x.shape, generator=generator)
+            noise = noise.to(x.device, x.dtype)
+        x = step(x, eps, ab_t, ab_prev, noise)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
+                generator: torch.Generator | None = None, noises: Sequence[torch.Tensor] | None = None,
+                callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+    """Ancestral sampling of DDPM (Ho et al. 2020, algorithm 2) over `timesteps`.
+
+    The noise of step i is `noises[i]` when given, else drawn on the CPU from `generator`
+    (so a seed gives the same samples on any device).
+    """
+    return _loop(model, x_T, alpha_bar, timesteps, ddpm_step, True, generator, noises, callback, progress)
+
+
+@torch.no_grad()
+def ddim_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
+                eta: float = 0.0, generator: torch.Generator | None = None,
+                noises: Sequence[torch.Tensor] | None = None, callback: Callback | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12 with sigma of eq. 16); eta = 0 is deterministic."""
+    def step(x, eps, ab_t, ab_prev, noise):
+        return ddim_step(x, eps, ab_t, ab_prev, eta, noise)
+    return _loop(model, x_T, alpha_bar, timesteps, step, eta > 0, generator, noises, callback, progress)
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+
+
+class ClassifierFreeGuidance:
+    """Wraps a conditional network into a denoiser `eps(x, t)` with classifier-free guidance.
+
+    eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)  (Ho & Salimans 2022, eq. 6), computed by
+    doubling each chunk of the batch. `cond` and `null` are tensors (or tuples of tensors)
+    of per-image conditioning, passed to `net(x, t, *cond)`; `chunk` bounds memory.
+    """
+
+    def __init__(self, net, cond, null, w: float, chunk: int = 512):
+        self.net, self.w, self.chunk = net, w, chunk
+        self.cond = cond if isinstance(cond, tuple) else (cond,)
+        self.null = null if isinstance(null, tuple) else (null,)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, x.shape[0], self.chunk):
+            sl = slice(s, s + self.chunk)
+            xs, ts = x[sl], t[sl]
+            cond = [c[sl] for c in self.cond]
+            if self.w == 0:
+                out.append(self.net(xs, ts, *cond))
+                continue
+            null = [c[sl] for c in self.null]
+            both = self.net(torch.cat([xs, xs]), torch.cat([ts, ts]),
+                            *[torch.cat([c, n]) for c, n in zip(cond, null)])
+            eps_c, eps_u = both.chunk(2)
+            out.append((1 + self.w) * eps_c - self.w * eps_u)
+        return torch.cat(out)

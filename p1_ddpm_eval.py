@@ -1,0 +1,102 @@
+"""Score P1 samples: digit accuracy per data set with a judge network, and their mean.
+
+MNIST-M images (OUT_DIR/mnistm/*.png) are judged by the course's classifier (`Classifier.pth`),
+SVHN images (OUT_DIR/svhn/*.png) by the project's SVHN judge (`p1_svhn_classifier_train.py`).
+The true label is the first character of the file name, as the course reads it.
+Prints a table and writes JSON (default OUT_DIR/eval.json).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.digit_classifiers import CourseClassifier, SvhnJudge, predict
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from utils.digits import DataError, load_image
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out_dir", type=Path, help="folder with mnistm/ and svhn/ of {digit}_{k}.png images")
+    p.add_argument("--mnistm-classifier", type=Path, default=ROOT / "Classifier.pth",
+                   help="the course's MNIST-M classifier (dict with 'state_dict'), from the course's HW2 repository")
+    p.add_argument("--svhn-classifier", type=Path, default=ROOT / "checkpoints" / "svhn_classifier.pt",
+                   help="the project's SVHN judge, written by p1_svhn_classifier_train.py")
+    p.add_argument("--datasets", nargs="+", default=["mnistm", "svhn"], choices=["mnistm", "svhn"],
+                   help="which sub-folders to score")
+    p.add_argument("--json", type=Path, default=None, help="where to write the scores (default OUT_DIR/eval.json)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="if a classifier file is missing, say so and exit 0 instead of failing (for run_all.sh)")
+    return p.parse_args(argv)
+
+
+def load_judge(dataset: str, args) -> torch.nn.Module:
+    if dataset == "mnistm":
+        ckpt = load_checkpoint(args.mnistm_classifier, required=("state_dict",), what="MNIST-M classifier")
+        net = CourseClassifier()
+        load_state_dict_strict(net, ckpt["state_dict"], str(args.mnistm_classifier))
+    else:
+        ckpt = load_checkpoint(args.svhn_classifier, required=("config", "state_dict"), what="SVHN judge")
+        net = SvhnJudge(**{k: v for k, v in ckpt["config"].items() if k == "width"})
+        load_state_dict_strict(net, ckpt["state_dict"], str(args.svhn_classifier))
+    return net.eval()
+
+
+def read_folder(folder: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
+    """The PNGs of a sample folder, their images (N, 3, 28, 28) uint8 and true labels from the names."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: sample folder not found")
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise DataError(f"{folder}: no .png images to score")
+    bad = [f.name for f in files if not f.name[0].isdigit()]
+    if bad:
+        raise DataError(f"{folder}: file names must start with the digit label, e.g. 3_001.png; found {bad[:5]}")
+    images = torch.from_numpy(np.stack([load_image(f) for f in files])).permute(0, 3, 1, 2)
+    return files, images, torch.tensor([int(f.name[0]) for f in files])
+
+
+def evaluate(args) -> dict:
+    result = {}
+    judges = {dataset: load_judge(dataset, args) for dataset in args.datasets}  # fail fast on a missing file
+    for dataset, judge in judges.items():
+        files, images, labels = read_folder(args.out_dir / dataset)
+        correct = predict(judge, images) == labels
+        result[dataset] = {
+            "accuracy": correct.float().mean().item(), "n": len(files),
+            "per_digit": {str(d): correct[labels == d].float().mean().item()
+                          for d in range(10) if (labels == d).any()}}
+    result["mean"] = float(np.mean([result[d]["accuracy"] for d in args.datasets]))
+    result["classifiers"] = {"mnistm": str(args.mnistm_classifier), "svhn": str(args.svhn_classifier)}
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = {"mnistm": args.mnistm_classifier, "svhn": args.svhn_classifier}
+    missing = [f"{paths[d]} ({d} classifier)" for d in args.datasets if not paths[d].is_file()]
+    if missing and args.skip_missing:
+        print("p1_ddpm_eval.py: skipped, missing: " + ", ".join(missing))
+        return None
+    try:
+        result = evaluate(args)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"p1_ddpm_eval.py: error: {e}")
+    for dataset in args.datasets:
+        r = result[dataset]
+        digits = " ".join(f"{d}:{a:.2f}" for d, a in r["per_digit"].items())
+        print(f"{dataset:7s} accuracy {r['accuracy']:.4f}  (n={r['n']})  per digit {digits}")
+    print(f"mean    accuracy {result['mean']:.4f}")
+    out = args.json or args.out_dir / "eval.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

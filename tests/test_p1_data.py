@@ -1,0 +1,65 @@
+"""The digit data reader: the course layout, balanced weights, and a clear error for each bad input."""
+import shutil
+
+import pytest
+import torch
+
+import p1_ddpm_train
+from utils.digits import DataError, DigitData, load_split, read_split_csv
+
+
+@pytest.fixture
+def tiny_root(shared, tmp_path):
+    """A course-layout copy of 30 real images per data set (labels as in the real csv)."""
+    root = tmp_path / "digits"
+    for name in ("mnistm", "svhn"):
+        src = shared / "hw2_data" / "digits" / name
+        (root / name / "data").mkdir(parents=True)
+        rows = read_split_csv(src / "train.csv")[:30]
+        for image, _ in rows:
+            shutil.copy(src / "data" / image, root / name / "data" / image)
+        (root / name / "train.csv").write_text("image_name,label\n" + "".join(f"{i},{l}\n" for i, l in rows))
+    return root
+
+
+def test_reads_course_layout(tiny_root):
+    images, labels = load_split(tiny_root, "mnistm", progress=False)
+    assert images.shape == (30, 3, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (30,) and 0 <= labels.min() and labels.max() <= 9
+    data = DigitData(tiny_root)
+    x, digit, dset = data[45]
+    assert x.shape == (3, 28, 28) and -1 <= x.min() and x.max() <= 1 and dset == 1
+
+
+def test_balanced_weights_equalise_pairs(tiny_root):
+    data = DigitData(tiny_root)
+    w = data.balanced_weights()
+    pair = data.sets * 10 + data.digits
+    totals = {p: w[pair == p].sum().item() for p in pair.unique().tolist()}
+    assert all(t == pytest.approx(1.0) for t in totals.values())
+    assert len(totals) > 10
+
+
+def _write_csv(root, text):
+    (root / "mnistm" / "train.csv").write_text(text)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: shutil.rmtree(r / "mnistm"), "data-set folder not found"),
+    (lambda r: (r / "mnistm" / "train.csv").unlink(), "train.csv: csv file not found"),
+    (lambda r: _write_csv(r, "file,digit\n00000.png,1\n"), "expected a header with columns image_name,label"),
+    (lambda r: _write_csv(r, "image_name,label\n00000.png,12\n"), "train.csv line 2: label 12 is outside 0-9"),
+    (lambda r: _write_csv(r, "image_name,label\n00000.png,seven\n"), "label 'seven' is not an integer"),
+    (lambda r: _write_csv(r, "image_name,label\n"), "the split lists no images"),
+    (lambda r: _write_csv(r, "image_name,label\nnope.png,3\n"), "nope.png: image listed in the csv does not exist"),
+    (lambda r: (r / "mnistm" / "data" / "00000.png").write_bytes(b"not a png"), "00000.png: cannot read image"),
+])
+def test_bad_input_is_a_clear_error(tiny_root, mutate, message):
+    mutate(tiny_root)
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        load_split(tiny_root, "mnistm", progress=False)
+    # the training script turns it into one line naming the problem, not a traceback
+    with pytest.raises(SystemExit) as exc:
+        p1_ddpm_train.main(["--data-root", str(tiny_root), "--out-dir", str(tiny_root / "run"), "--steps", "1"])
+    assert "p1_ddpm_train.py: error:" in str(exc.value) and message.split(":")[-1].strip() in str(exc.value)
+    assert not (tiny_root / "run" / "last.pt").exists()
