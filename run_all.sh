@@ -11,3 +11,11 @@ PY=.venv/bin/python
 $PY p1_ddpm_sample.py outputs/p1 --ckpt checkpoints/p1_ddpm.pt --grid --reverse-process
 $PY p1_ddpm_eval.py outputs/p1 --mnistm-classifier Classifier.pth \
     --svhn-classifier checkpoints/svhn_classifier.pt --skip-missing
+
+# P2: DDIM faces from the course's noise files, MSE against ground truth, eta sweep, slerp/lerp
+$PY p2_ddim.py hw2_data/face/noise outputs/p2 hw2_data/face/UNet.pt --gt-dir hw2_data/face/GT \
+    --eta-sweep --interpolation --skip-missing
+
+# P3: CLIP zero-shot classification (needs the val images and the ViT-B-32 OpenAI weights)
+$PY p3_clip_zeroshot.py hw2_data/clip_zeroshot/val hw2_data/clip_zeroshot/id2label.json outputs/p3_clip \
+    --model ViT-B-32 --pretrained openai --skip-missing

@@ -35,15 +35,15 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, noise: 
 
 
 def spaced_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
-    """Descending timesteps `range(0, T, T // num_steps)`, the DDIM paper's and the course's spacing.
+    """`num_steps` descending timesteps `i * (T // num_steps)`: the DDIM paper's uniform spacing.
 
-    For T = 1000 and 50 steps: 980, 960, ..., 20, 0. Other codebases shift this by one
-    (`diffusers`' "trailing" spacing gives 999, ..., 19; its default "leading" one adds
-    `steps_offset`); the choice matters only for matching a reference exactly.
+    For T = 1000 and 50 steps: 980, 960, ..., 20, 0 (`range(0, 1000, 20)`, the course's). This is
+    `diffusers`' "leading" spacing with `steps_offset=0`; other codebases shift it by one (t + 1,
+    `steps_offset=1`) or use "trailing" (999, ..., 19): it matters when matching a reference exactly.
     """
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"num_steps must be in 1..{num_train_steps}, got {num_steps}")
-    return list(range(0, num_train_steps, num_train_steps // num_steps))[::-1]
+    return [i * (num_train_steps // num_steps) for i in range(num_steps)][::-1]
 
 
 def ddpm_step(x, eps, ab_t: float, ab_prev: float, noise):

@@ -35,6 +35,10 @@ def test_spaced_timesteps_exact_sequences():
     assert spaced_timesteps(1000, 50)[:3] == [980, 960, 940] and spaced_timesteps(1000, 50)[-1] == 0
     assert spaced_timesteps(500, 500) == list(range(499, -1, -1))
     assert spaced_timesteps(500, 10) == [450, 400, 350, 300, 250, 200, 150, 100, 50, 0]
+    assert spaced_timesteps(500, 30) == list(range(16 * 29, -1, -16))  # exactly 30, as diffusers' "leading"
+    sched = DDIMScheduler(num_train_timesteps=500, timestep_spacing="leading", steps_offset=0)
+    sched.set_timesteps(30)
+    assert sched.timesteps.tolist() == spaced_timesteps(500, 30)
     with pytest.raises(ValueError):
         spaced_timesteps(500, 0)
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# P2: DDIM faces from the course's noise files.  Usage: bash hw2_2.sh NOISE_DIR OUT_DIR UNET_PATH
+set -euo pipefail
+if [ "$#" -ne 3 ]; then
+    echo "usage: bash $0 NOISE_DIR OUT_DIR UNET_PATH" >&2
+    exit 2
+fi
+"${PYTHON:-python3}" "$(dirname "$0")/p2_ddim.py" "$1" "$2" "$3"

@@ -1,0 +1,123 @@
+"""P3 data: the course's `val/{class_id}_{image_id}.png` folder, `id2label.json`, and the cases figure.
+
+Every problem with the input is a `ClipDataError` that names the file and what is wrong with it.
+"""
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageOps
+
+from utils.images import _font
+
+VAL_NAME = re.compile(r"(\d+)_(\w+)\.png", re.IGNORECASE)  # {class_id}_{image_id}.png
+
+
+class ClipDataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ValImage:
+    path: Path
+    class_id: int
+
+
+def read_id2label(path: Path) -> dict[int, str]:
+    """`{"0": "bicycle", ...}` -> {0: "bicycle", ...}, validated."""
+    if not path.is_file():
+        raise ClipDataError(f"{path}: id2label json not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClipDataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ClipDataError(f'{path}: expected a non-empty object {{"class_id": "label", ...}}')
+    id2label = {}
+    for key, name in raw.items():
+        if not str(key).isdigit():
+            raise ClipDataError(f"{path}: key {key!r} is not a class id (a non-negative integer)")
+        if not isinstance(name, str) or not name.strip():
+            raise ClipDataError(f"{path}: label of class {key} is {name!r}, expected a non-empty string")
+        if int(key) in id2label:
+            raise ClipDataError(f"{path}: class id {int(key)} appears twice")
+        id2label[int(key)] = name.strip()
+    doubles = sorted(n for n, k in Counter(id2label.values()).items() if k > 1)
+    if doubles:
+        raise ClipDataError(f"{path}: labels {doubles} name more than one class")
+    return dict(sorted(id2label.items()))
+
+
+def label_words(name: str) -> str:
+    """`willow_tree` -> `willow tree`: the label as it reads in a prompt or a caption."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def list_val_images(folder: Path, id2label: dict[int, str]) -> tuple[list[ValImage], list[str]]:
+    """The `{class_id}_{image_id}.png` files of `folder`, sorted, and the names of the non-PNG files ignored.
+
+    A PNG whose name does not parse, or whose class id is not in `id2label`, is an error: the true
+    label would be unknown, so any accuracy computed without it could silently be wrong.
+    """
+    if not folder.is_dir():
+        raise ClipDataError(f"{folder}: validation folder not found")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    ignored = [p.name for p in files if p.suffix.lower() != ".png"]
+    pngs = [p for p in files if p.suffix.lower() == ".png"]
+    if not pngs:
+        raise ClipDataError(f"{folder}: no PNG images found (expected files named {{class_id}}_{{image_id}}.png)")
+    bad = [p.name for p in pngs if not VAL_NAME.fullmatch(p.name)]
+    if bad:
+        raise ClipDataError(f"{folder}: {len(bad)} PNG file(s) not named {{class_id}}_{{image_id}}.png, "
+                            f"e.g. {', '.join(bad[:5])}; rename or remove them")
+    images = [ValImage(p, int(VAL_NAME.fullmatch(p.name).group(1))) for p in pngs]
+    unknown = sorted({im.class_id for im in images} - set(id2label))
+    if unknown:
+        example = next(im.path.name for im in images if im.class_id == unknown[0])
+        raise ClipDataError(f"{folder}: class id(s) {unknown} (e.g. {example}) are not in the id2label json, "
+                            f"which has ids {min(id2label)}..{max(id2label)}")
+    return sorted(images, key=lambda im: (im.class_id, im.path.name)), ignored
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image as RGB, fully read; an unreadable file is a `ClipDataError`."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for broken files
+        raise ClipDataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def cases_figure(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int = 10,
+                 font_size: int = 14) -> Image.Image:
+    """A figure with one row of images per `(title, cases)`; each case a dict with `path`,
+    `true_label`, `pred_label`, `probability`, `correct`, captioned with its file name, true and predicted label."""
+    font, bold = _font(font_size), _font(font_size + 4)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = [[(f"true: {c['true_label']}", f"pred: {c['pred_label']} ({c['probability']:.2f})")
+                 for c in cases] for _, cases in rows]
+    widths = [draw.textlength(line, font=font) for row in captions for pair in row for line in pair]
+    col_w = int(max([tile, *widths])) + pad
+    n_cols = max(1, max(len(cases) for _, cases in rows))
+    title_h, line_h = font_size + 4 + pad, font_size + 4
+    row_h = title_h + tile + 3 * line_h + pad
+    fig = Image.new("RGB", (pad + n_cols * col_w, pad + len(rows) * row_h), "white")
+    draw = ImageDraw.Draw(fig)
+    for r, ((title, cases), row_captions) in enumerate(zip(rows, captions)):
+        y = pad + r * row_h
+        draw.text((pad, y), title, fill="black", font=bold)
+        if not cases:
+            draw.text((pad, y + title_h + tile // 2), "(none)", fill="gray", font=font)
+        for c, (case, (true_line, pred_line)) in enumerate(zip(cases, row_captions)):
+            x = pad + c * col_w
+            im = load_rgb(Path(case["path"]))
+            small = im.width < tile and im.height < tile  # CIFAR's 32x32: keep the pixels sharp
+            im = ImageOps.pad(im, (tile, tile), Image.NEAREST if small else Image.LANCZOS, color="white")
+            fig.paste(im, (x, y + title_h))
+            top = y + title_h + tile + 2
+            draw.text((x, top), Path(case["path"]).name, fill="gray", font=font)
+            draw.text((x, top + line_h), true_line, fill="black", font=font)
+            draw.text((x, top + 2 * line_h), pred_line, fill=(0, 128, 0) if case["correct"] else (200, 0, 0), font=font)
+    return fig
