@@ -19,3 +19,19 @@ $PY p2_ddim.py hw2_data/face/noise outputs/p2 hw2_data/face/UNet.pt --gt-dir hw2
 # P3: CLIP zero-shot classification (needs the val images and the ViT-B-32 OpenAI weights)
 $PY p3_clip_zeroshot.py hw2_data/clip_zeroshot/val hw2_data/clip_zeroshot/id2label.json outputs/p3_clip \
     --model ViT-B-32 --pretrained openai --skip-missing
+
+# P3: textual inversion on SD v1 (needs hw2_data/sd-v1-4.ckpt): learn <new1>, <new2>, <new3>
+# (resumable), the graded images, their CLIP scores and the two-concept figure
+$PY p3_textual_inversion.py train hw2_data/textual_inversion/0 hw2_data/sd-v1-4.ckpt --token '<new1>' \
+    --initializer dog --resume --skip-missing
+$PY p3_textual_inversion.py train hw2_data/textual_inversion/1 hw2_data/sd-v1-4.ckpt --token '<new2>' \
+    --initializer illustration --style --resume --skip-missing
+$PY p3_textual_inversion.py train hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt --token '<new3>' \
+    --initializer cat --resume --skip-missing
+$PY p3_textual_inversion.py generate hw2_data/textual_inversion/input.json outputs/p3_ti hw2_data/sd-v1-4.ckpt \
+    --skip-missing
+$PY p3_textual_inversion.py evaluate hw2_data/textual_inversion/input.json outputs/p3_ti \
+    --concept-root hw2_data/textual_inversion --clip hw2_data/clip-vit-base-patch32 \
+    --json outputs/p3_ti_scores.json --skip-missing
+$PY p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt outputs/p3_multi_concept.png \
+    --tokens '<new1>' '<new3>' --skip-missing
