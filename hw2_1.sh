@@ -7,4 +7,6 @@ if [ $# -ne 1 ]; then
     exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
-"${PYTHON:-python3}" "$here/p1_ddpm_sample.py" "$1" --ckpt "$here/checkpoints/p1_ddpm.pt"
+# the interpreter: $PYTHON if set, else the project's .venv (made by setup.sh) if present, else python3
+python="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
+"$python" "$here/p1_ddpm_sample.py" "$1" --ckpt "$here/checkpoints/p1_ddpm.pt"

@@ -6,4 +6,7 @@ if [ "$#" -ne 3 ]; then
     echo "usage: bash $0 INPUT_JSON OUT_DIR MODEL_CKPT" >&2
     exit 2
 fi
-"${PYTHON:-python3}" "$(dirname "$0")/p3_textual_inversion.py" generate "$1" "$2" "$3"
+here=$(cd "$(dirname "$0")" && pwd)
+# the interpreter: $PYTHON if set, else the project's .venv (made by setup.sh) if present, else python3
+python="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
+"$python" "$here/p3_textual_inversion.py" generate "$1" "$2" "$3"

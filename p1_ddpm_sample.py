@@ -16,7 +16,7 @@ from models.context_unet import load_p1_model
 from models.diffusion import SAMPLERS, ClassifierFreeGuidance, alphas_cumprod, linear_betas, spaced_timesteps
 from utils.checkpoint import CheckpointError
 from utils.images import labelled_grid, save_png, to_uint8
-from utils.runtime import pick_device, seed_everything
+from utils.runtime import pick_device, seed_everything, use_bf16
 
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
 REVERSE_POINTS_500 = (500, 320, 200, 120, 40, 1)  # the report's points for a 500-step model
@@ -26,15 +26,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out_dir", type=Path, help="output folder; mnistm/ and svhn/ are created inside")
     p.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT, help="P1 checkpoint (carries its own config)")
-    p.add_argument("--guidance", type=float, default=2.0,
+    p.add_argument("--guidance", type=float, default=4.0,
                    help="classifier-free guidance weight w: eps = (1+w) eps_cond - w eps_uncond (0 = none)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim", help="ancestral DDPM or DDIM")
-    p.add_argument("--steps", type=int, default=50,
+    p.add_argument("--steps", type=int, default=25,
                    help="number of denoising steps (evenly spaced; ddpm with steps = T is the classic sampler)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--per-digit", type=int, default=50, help="images per digit per data set")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per network call (doubled by guidance); small batches stay in the CPU cache")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="run the network under bf16 autocast (its output and the sampler's arithmetic stay fp32); "
+                        "auto = on for CUDA and for CPUs with native bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--grid", action="store_true", help="also write grid_{mnistm,svhn}.png in OUT_DIR")
@@ -49,6 +52,14 @@ def reverse_points(num_train_steps: int) -> list[int]:
     return sorted({max(1, round(t * num_train_steps / 500)) for t in REVERSE_POINTS_500}, reverse=True)
 
 
+def autocast_net(net, device: torch.device, bf16: bool):
+    """`net` run under bf16 autocast when `bf16`, its output back in fp32 for the sampler's arithmetic."""
+    def run(*inputs):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return net(*inputs).float()
+    return run
+
+
 def sample(net, config, args, device):
     """Generate every graded image; returns uint8 images (S, 10, per_digit, 28, 28, 3) and the snapshots."""
     datasets, n = config["datasets"], args.per_digit
@@ -61,7 +72,7 @@ def sample(net, config, args, device):
     gen = seed_everything(args.seed)
     x_T = torch.randn(len(digit), 3, 28, 28, generator=gen)
     model = ClassifierFreeGuidance(
-        net, (digit.to(device), dset.to(device)),
+        autocast_net(net, device, use_bf16(args.bf16, device)), (digit.to(device), dset.to(device)),
         (torch.full_like(digit, net.null_digit).to(device), torch.full_like(dset, net.null_dataset).to(device)),
         w=args.guidance, chunk=args.batch_size)
 

@@ -45,6 +45,27 @@ def test_resume_continues_exactly(digits, tiny_ckpt, tmp_path):
             assert torch.equal(resumed[key][name], value), f"{key}.{name} differs after resume"
 
 
+def test_keep_every_keeps_the_sampling_weights_of_those_steps(digits, tmp_path):
+    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "4", "--keep-every", "2",
+                        *TINY])
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_000002.pt", "model_000004.pt"]
+    kept, final = (torch.load(tmp_path / f, weights_only=True) for f in ("model_000004.pt", "model.pt"))
+    assert kept["step"] == 4 and all(torch.equal(kept["ema"][k], v) for k, v in final["ema"].items())
+    assert load_p1_model(tmp_path / "model_000002.pt")[1] == load_p1_model(tmp_path / "model.pt")[1]
+
+
+def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
+    net, config = load_p1_model(tiny_ckpt)
+    images = {}
+    for mode in ("on", "off"):
+        args = p1_ddpm_sample.parse_args(["unused", "--ckpt", str(tiny_ckpt), "--steps", "5", "--per-digit", "2",
+                                          "--bf16", mode, "--quiet"])
+        images[mode] = p1_ddpm_sample.sample(net, config, args, torch.device("cpu"))[0].astype(float)
+    diff = abs(images["on"] - images["off"])
+    assert diff.max() > 0, "bf16 autocast did not change anything: was it applied?"
+    assert diff.mean() < 2.0, f"bf16 sampling drifts {diff.mean():.2f} grey levels from fp32 on average"
+
+
 def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "5", "--grid", "--reverse-process", "--quiet"])

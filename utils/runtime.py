@@ -1,4 +1,4 @@
-"""One helper seeds everything, one picks the device."""
+"""Seeding, device choice and the bf16 switch shared by the scripts."""
 import random
 
 import numpy as np
@@ -21,3 +21,12 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for, but CUDA is not available here")
     return device
+
+
+def use_bf16(choice: str, device: torch.device) -> bool:
+    """'on'/'off' as given; 'auto' -> on for CUDA and for CPUs with native bf16 (AVX512-BF16 or AMX)."""
+    if choice != "auto":
+        return choice == "on"
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
