@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.context_unet import build_from_config
+from models.context_unet import build_from_config, load_p1_model
 from models.diffusion import alphas_cumprod, linear_betas, q_sample
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.digits import DATASETS, DataError, DigitData
@@ -45,6 +45,9 @@ def parse_args(argv=None):
                    help="also keep the sampling weights of every N-th step as OUT_DIR/model_STEP.pt (0 = never), "
                         "to measure accuracy against training time")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt if it exists")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of a P1 sampling checkpoint (e.g. checkpoints/p1_ddpm.pt; its "
+                        "config wins) with a fresh optimizer and schedule; ignored when --resume finds last.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -82,6 +85,11 @@ def train(args) -> Path:
                                 what="training checkpoint")
         config = state["config"]
         print(f"resuming from {last} at step {state['step']}")
+    init = None
+    if state is None and args.init_from is not None:
+        init_net, config = load_p1_model(args.init_from)
+        init = init_net.state_dict()
+        print(f"starting from the weights of {args.init_from}")
 
     data = DigitData(args.data_root, limit=args.limit)
     weights = data.balanced_weights() if args.balanced else torch.ones(len(data), dtype=torch.double)
@@ -96,6 +104,9 @@ def train(args) -> Path:
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step = state["step"]
+    elif init is not None:
+        net.load_state_dict(init)
+        ema.load_state_dict(init)
     print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(data)} images, "
           f"device {device}, bf16 {use_bf16(args.bf16, device)}, steps {step}->{args.steps}")
 

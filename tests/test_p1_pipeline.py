@@ -54,6 +54,17 @@ def test_keep_every_keeps_the_sampling_weights_of_those_steps(digits, tmp_path):
     assert load_p1_model(tmp_path / "model_000002.pt")[1] == load_p1_model(tmp_path / "model.pt")[1]
 
 
+def test_init_from_starts_at_the_given_weights(digits, tiny_ckpt, tmp_path):
+    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "0",
+                        "--init-from", str(tiny_ckpt), *TINY[:2], "--n-feat", "16"])  # the checkpoint's config wins
+    started = load_p1_model(tmp_path / "model.pt")[0].state_dict()
+    given = load_p1_model(tiny_ckpt)[0].state_dict()
+    assert started.keys() == given.keys() and all(torch.equal(started[k], given[k]) for k in given)
+    with pytest.raises(SystemExit, match="missing.pt: P1 DDPM checkpoint not found"):
+        p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path / "x"), "--steps", "1",
+                            "--init-from", str(tmp_path / "missing.pt"), *TINY])
+
+
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
     net, config = load_p1_model(tiny_ckpt)
     images = {}
