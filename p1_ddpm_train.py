@@ -107,15 +107,19 @@ def train(args) -> Path:
     elif init is not None:
         net.load_state_dict(init)
         ema.load_state_dict(init)
+    bf16 = use_bf16(args.bf16, device)
     print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(data)} images, "
-          f"device {device}, bf16 {use_bf16(args.bf16, device)}, steps {step}->{args.steps}")
+          f"device {device}, bf16 {bf16}, steps {step}->{args.steps}")
+
+    def save_sampling(path):  # what p1_ddpm_sample.py needs: config and EMA weights
+        save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step}, path)
 
     def save():
         save_checkpoint({"config": config, "model": net.state_dict(), "ema": ema.state_dict(),
                          "optimizer": opt.state_dict(), "step": step, "generator": gen.get_state()}, last)
-        save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step}, args.out_dir / "model.pt")
+        save_sampling(args.out_dir / "model.pt")
 
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(args.bf16, device))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     T, null_digit, null_set = config["schedule"]["num_steps"], net.null_digit, net.null_dataset
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     running, start = None, time.time()
@@ -144,8 +148,7 @@ def train(args) -> Path:
         if step % args.save_every == 0 or step == args.steps:
             save()
         if args.keep_every and step % args.keep_every == 0:
-            save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step},
-                            args.out_dir / f"model_{step:06d}.pt")
+            save_sampling(args.out_dir / f"model_{step:06d}.pt")
     bar.close()
     if state is None or step != state["step"]:
         save()
