@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=4.0,
                    help="classifier-free guidance weight w: eps = (1+w) eps_cond - w eps_uncond (0 = none)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim", help="ancestral DDPM or DDIM")
-    p.add_argument("--steps", type=int, default=25,
+    p.add_argument("--steps", type=int, default=10,
                    help="number of denoising steps (evenly spaced; ddpm with steps = T is the classic sampler)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--per-digit", type=int, default=50, help="images per digit per data set")
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="run the network under bf16 autocast (its output and the sampler's arithmetic stay fp32); "
                         "auto = on for CUDA and for CPUs with native bf16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the one CPU generator behind all sampling noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--grid", action="store_true", help="also write grid_{mnistm,svhn}.png in OUT_DIR")
     p.add_argument("--reverse-process", action="store_true",
