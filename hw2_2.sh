@@ -6,6 +6,5 @@ if [ "$#" -ne 3 ]; then
     exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
-# the interpreter: $PYTHON if set, else the project's .venv (made by setup.sh) if present, else python3
-python="${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python3 )}"
+. "$here/utils/pick_python.sh"
 "$python" "$here/p2_ddim.py" "$1" "$2" "$3"
