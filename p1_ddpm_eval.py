@@ -7,15 +7,15 @@ Prints a table and writes JSON (default OUT_DIR/eval.json).
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.digit_classifiers import CourseClassifier, SvhnJudge, predict
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from utils.digits import DataError, load_image
+from utils.checkpoint import load_checkpoint, load_state_dict_strict
+from utils.digits import load_image
+from utils.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,13 +50,13 @@ def load_judge(dataset: str, args) -> torch.nn.Module:
 def read_folder(folder: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
     """The PNGs of a sample folder, their images (N, 3, 28, 28) uint8 and true labels from the names."""
     if not folder.is_dir():
-        raise DataError(f"{folder}: sample folder not found")
+        raise UserError(f"{folder}: sample folder not found")
     files = sorted(folder.glob("*.png"))
     if not files:
-        raise DataError(f"{folder}: no .png images to score")
+        raise UserError(f"{folder}: no .png images to score")
     bad = [f.name for f in files if not f.name[0].isdigit()]
     if bad:
-        raise DataError(f"{folder}: file names must start with the digit label, e.g. 3_001.png; found {bad[:5]}")
+        raise UserError(f"{folder}: file names must start with the digit label, e.g. 3_001.png; found {bad[:5]}")
     images = torch.from_numpy(np.stack([load_image(f) for f in files])).permute(0, 3, 1, 2)
     return files, images, torch.tensor([int(f.name[0]) for f in files])
 
@@ -76,6 +76,7 @@ def evaluate(args) -> dict:
     return result
 
 
+@cli('p1_ddpm_eval.py')
 def main(argv=None):
     args = parse_args(argv)
     paths = {"mnistm": args.mnistm_classifier, "svhn": args.svhn_classifier}
@@ -83,10 +84,7 @@ def main(argv=None):
     if missing and args.skip_missing:
         print("p1_ddpm_eval.py: skipped, missing: " + ", ".join(missing))
         return None
-    try:
-        result = evaluate(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"p1_ddpm_eval.py: error: {e}")
+    result = evaluate(args)
     for dataset in args.datasets:
         r = result[dataset]
         digits = " ".join(f"{d}:{a:.2f}" for d, a in r["per_digit"].items())

@@ -6,7 +6,6 @@ grid per data set (rows digits 0-9, columns the first 10 samples); `--reverse-pr
 per data set, the first "0" at six points of its reverse process.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 from models.context_unet import load_p1_model
 from models.diffusion import SAMPLERS, ClassifierFreeGuidance, alphas_cumprod, linear_betas, spaced_timesteps
-from utils.checkpoint import CheckpointError
+from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
 from utils.runtime import pick_device, seed_everything, use_bf16
 
@@ -113,14 +112,15 @@ def write_outputs(images, snaps, chosen, config, args):
                 args.out_dir / f"reverse_process_{name}.png")
 
 
+@cli('p1_ddpm_sample.py')
 def main(argv=None):
     args = parse_args(argv)
     try:
         net, config = load_p1_model(args.ckpt)
-    except CheckpointError as e:
-        sys.exit(f"p1_ddpm_sample.py: error: {e}\n(train one with p1_ddpm_train.py, or pass --ckpt PATH)")
+    except UserError as e:
+        raise UserError(f"{e}\n(train one with p1_ddpm_train.py, or pass --ckpt PATH)") from None
     if not 1 <= args.steps <= config["schedule"]["num_steps"]:
-        sys.exit(f"p1_ddpm_sample.py: error: --steps must be in 1..{config['schedule']['num_steps']}")
+        raise UserError(f"--steps must be in 1..{config['schedule']['num_steps']}")
     device = pick_device(args.device)
     images, snaps, chosen = sample(net.to(device), config, args, device)
     write_outputs(images, snaps, chosen, config, args)

@@ -6,7 +6,6 @@ random state. OUT_DIR/model.pt holds the EMA weights and config: all `p1_ddpm_sa
 import argparse
 import copy
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,9 @@ from tqdm import tqdm
 
 from models.context_unet import build_from_config, load_p1_model
 from models.diffusion import alphas_cumprod, linear_betas, q_sample
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from utils.digits import DATASETS, DataError, DigitData
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.digits import DATASETS, DigitData
+from utils.errors import cli
 from utils.runtime import pick_device, seed_everything, use_bf16
 
 
@@ -158,12 +158,10 @@ def train(args) -> Path:
     return args.out_dir / "model.pt"
 
 
+@cli('p1_ddpm_train.py')
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        return train(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"p1_ddpm_train.py: error: {e}")
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ Reads an SVHN folder in the course layout (data/*.png + train.csv, val.csv when 
 writes a checkpoint `p1_ddpm_eval.py --svhn-classifier` reads.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -13,7 +12,8 @@ from tqdm import tqdm
 
 from models.digit_classifiers import SvhnJudge, normalise, predict
 from utils.checkpoint import save_checkpoint
-from utils.digits import DataError, load_split
+from utils.digits import load_split
+from utils.errors import cli
 from utils.runtime import pick_device, seed_everything
 
 
@@ -79,12 +79,10 @@ def train(args):
     return result
 
 
+@cli('p1_svhn_classifier_train.py')
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        return train(args)
-    except DataError as e:
-        sys.exit(f"p1_svhn_classifier_train.py: error: {e}")
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ Every noise and ground-truth file is validated before sampling starts.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from models.face_ddim import (ALPHAS, DTYPES, ETAS, course_timesteps, eta_sweep, interpolated_noises,
-                              sample_faces)
+from models.face_ddim import ALPHAS, DTYPES, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
 from models.face_unet import load_face_unet
-from utils.checkpoint import CheckpointError
-from utils.face_io import FaceIOError, load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
+from utils.errors import UserError, cli
+from utils.face_io import load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
 from utils.images import labelled_grid
 from utils.runtime import pick_device, seed_everything
 
@@ -57,22 +55,21 @@ def save_figure(images, row_labels, col_labels, title, path: Path) -> None:
     print(f"wrote {path}")
 
 
+@cli('p2_ddim.py')
 def main(argv=None):
     args = parse_args(argv)
     missing = [str(p) for p in (args.noise_dir, args.unet_path, args.gt_dir) if p is not None and not p.exists()]
     if missing and args.skip_missing:
         print("p2_ddim.py: skipped, missing: " + ", ".join(missing))
         return None
-    try:  # everything is read and checked before the first image is sampled
-        names, x_T = load_noises(args.noise_dir)
-        gt = load_ground_truth(args.gt_dir, names, x_T.shape[-2:]) if args.gt_dir else None
-        model = load_face_unet(args.unet_path)
-    except (FaceIOError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    # everything is read and checked before the first image is sampled
+    names, x_T = load_noises(args.noise_dir)
+    gt = load_ground_truth(args.gt_dir, names, x_T.shape[-2:]) if args.gt_dir else None
+    model = load_face_unet(args.unet_path)
     if args.eta_sweep and len(names) < 4:
-        sys.exit(f"error: --eta-sweep needs 4 noise files, {args.noise_dir} has {len(names)}")
+        raise UserError(f"--eta-sweep needs 4 noise files, {args.noise_dir} has {len(names)}")
     if args.interpolation and len(names) < 2:
-        sys.exit(f"error: --interpolation needs 2 noise files, {args.noise_dir} has {len(names)}")
+        raise UserError(f"--interpolation needs 2 noise files, {args.noise_dir} has {len(names)}")
     device = pick_device(args.device)
     generator = seed_everything(args.seed)
     model.to(device)

@@ -8,13 +8,22 @@ with where to put it.
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
-from models.clip_zeroshot import (DEFAULT_TEMPLATES, ClipLoadError, MissingWeightsError, classify, load_clip,
-                                  read_templates, resolve_model, resolve_weights, summarise, text_embeddings)
-from utils.clip_data import ClipDataError, cases_figure, label_words, list_val_images, read_id2label
+from models.clip_zeroshot import (
+    DEFAULT_TEMPLATES,
+    MissingWeightsError,
+    classify,
+    load_clip,
+    read_templates,
+    resolve_model,
+    resolve_weights,
+    summarise,
+    text_embeddings,
+)
+from utils.clip_data import cases_figure, label_words, list_val_images, read_id2label
+from utils.errors import UserError, cli
 from utils.runtime import pick_device, seed_everything
 
 
@@ -71,7 +80,7 @@ def run(args):
     text = text_embeddings(model, tokenizer, [label_words(id2label[c]) for c in sorted(id2label)], templates)
     kept, probs, skipped = classify(model, preprocess, text, images, args.batch_size)
     if not kept:
-        raise ClipDataError(f"{args.val_dir}: none of the {len(images)} images could be read")
+        raise UserError(f"{args.val_dir}: none of the {len(images)} images could be read")
     results, rows = summarise(kept, probs, id2label, args.num_cases, generator)
     seconds = time.time() - start
 
@@ -95,12 +104,10 @@ def run(args):
     return results
 
 
+@cli('p3_clip_zeroshot.py')
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (ClipDataError, ClipLoadError) as e:
-        sys.exit(f"p3_clip_zeroshot.py: error: {e}")
+    return run(args)
 
 
 if __name__ == "__main__":

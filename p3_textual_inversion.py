@@ -11,7 +11,6 @@ nothing is downloaded. Learned embeddings live in EMBEDS_DIR/{token without <>}.
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from tqdm import tqdm
 
-from models.sd_loading import ModelLoadError, load_pipeline
+from models.sd_loading import load_pipeline
 from models.textual_inversion import (
     adam_rows,
     add_placeholder,
@@ -35,9 +34,9 @@ from models.textual_inversion import (
     save_learned_embeds,
     setup_training,
 )
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
-from utils.digits import DataError
+from utils.errors import UserError, cli
 from utils.images import labelled_grid
 from utils.runtime import pick_device, seed_everything
 from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, open_rgb, read_prompt_file
@@ -138,7 +137,7 @@ def missing(paths: dict, args, hint: str = "") -> bool:
     if args.skip_missing:
         print(f"{message} -- skipped")
         return True
-    sys.exit(message + (f"\n({hint})" if hint else ""))
+    raise UserError(message.removeprefix(f"{PROG} {args.command}: ") + (f"\n({hint})" if hint else ""))
 
 
 TRAIN_HINT = f"learned embeddings come from `{PROG} train CONCEPT_DIR MODEL --token TOKEN --initializer WORD`"
@@ -152,7 +151,7 @@ def prepare_sampling(args, tokens: list[str]):
         path = embeds_path(args.embeds_dir, token)
         stored, _ = load_learned_embeds(path)
         if stored != token:
-            raise ValueError(f"{path}: holds embeddings for {stored}, not {token}")
+            raise UserError(f"{path}: holds embeddings for {stored}, not {token}")
         pipe.load_textual_inversion(str(path), local_files_only=True)
     pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -176,8 +175,8 @@ def train(args):
         state = load_checkpoint(last, required=("config", "step", "vectors", "adam", "generator"),
                                 what="textual-inversion resume state")
         if (state["config"].get("token"), state["config"].get("num_vectors")) != (args.token, args.num_vectors):
-            raise CheckpointError(f"{last}: was trained with {state['config']}, not token {args.token} "
-                                  f"with {args.num_vectors} vectors")
+            raise UserError(f"{last}: was trained with {state['config']}, not token {args.token} "
+                            f"with {args.num_vectors} vectors")
         if state["step"] >= args.steps and out.exists():
             print(f"{args.token}: already trained for {state['step']} steps ({out})")
             return argparse.Namespace(embeds=out, text_encoder=None, tokenizer=None, ids=None)
@@ -263,10 +262,10 @@ def evaluate(args):
     print(f"{'concept':>7} {'prompt':>6} {'image':>7} {'text':>7} {'baseline':>9}  result  prompt_4_clip_eval")
     for c in concepts:
         if c.clip_prompts is None or c.baselines is None:
-            raise DataError(f"{args.input_json}: concept {c.id} has no prompt_4_clip_eval/baseline to score against")
+            raise UserError(f"{args.input_json}: concept {c.id} has no prompt_4_clip_eval/baseline to score against")
         references = [open_rgb(p) for p in image_files(args.concept_root / c.id)]
         if not references:
-            raise DataError(f"{args.concept_root / c.id}: no reference images")
+            raise UserError(f"{args.concept_root / c.id}: no reference images")
         for i, (text, (base_img, base_txt)) in enumerate(zip(c.clip_prompts, c.baselines)):
             images = load_generated(args.out_dir / c.id / str(i))
             img, txt = top_k_means(scorer.image_scores(images, references), scorer.text_scores(images, text))
@@ -301,12 +300,10 @@ def figure(args):
     return args.out_png
 
 
+@cli(PROG)
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        return {"train": train, "generate": generate, "evaluate": evaluate, "figure": figure}[args.command](args)
-    except (ModelLoadError, CheckpointError, DataError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"{PROG} {args.command}: error: {e}")
+    return {"train": train, "generate": generate, "evaluate": evaluate, "figure": figure}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,16 @@ from huggingface_hub import try_to_load_from_cache
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from tqdm import tqdm
 
-from utils.clip_data import ClipDataError, ValImage, label_words, load_rgb
+from utils.clip_data import ValImage, label_words, load_rgb
+from utils.errors import UserError
 
 DEFAULT_TEMPLATES = ("A photo of {}.",)
 URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps the files it downloads by URL
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
-class ClipLoadError(RuntimeError):
-    """The model or its weights cannot be built or loaded; the message says why."""
 
-
-class MissingWeightsError(ClipLoadError):
+class MissingWeightsError(UserError):
     """The weights are not on this machine; the message says which file to put where."""
 
 
@@ -45,19 +43,19 @@ def resolve_model(model: str) -> str:
     path = Path(model)
     if path.suffix == ".json":
         if not path.is_file():
-            raise ClipLoadError(f"{path}: model config not found")
+            raise UserError(f"{path}: model config not found")
         try:
             cfg = json.loads(path.read_text())
         except ValueError as e:
-            raise ClipLoadError(f"{path}: not valid JSON ({e})") from None
+            raise UserError(f"{path}: not valid JSON ({e})") from None
         missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
         if missing:
-            raise ClipLoadError(f"{path}: not an open_clip model config (missing {', '.join(missing)})")
+            raise UserError(f"{path}: not an open_clip model config (missing {', '.join(missing)})")
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():
-        raise ClipLoadError(f"unknown open_clip model {model!r}: give a model-config JSON path or one of "
-                            f"{', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}, ...")
+        raise UserError(f"unknown open_clip model {model!r}: give a model-config JSON path or one of "
+                        f"{', '.join(m for m in open_clip.list_models() if m.startswith('ViT-B'))}, ...")
     return model
 
 
@@ -141,22 +139,22 @@ def load_clip(model_name: str, weights: Weights, device: torch.device):
             pretrained_text=False,  # never fetch a Hugging Face text tower's own weights
             **{f"image_{k}": v for k, v in weights.preprocess.items()})
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise ClipLoadError(f"cannot load {weights.path} into {model_name}: {str(e)[:500]}") from None
+        raise UserError(f"cannot load {weights.path} into {model_name}: {str(e)[:500]}") from None
     return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
 
 
 def read_templates(path: Path) -> list[str]:
     """Prompt templates, one per line, each with `{}` where the label goes; blank lines are skipped."""
     if not path.is_file():
-        raise ClipDataError(f"{path}: templates file not found")
+        raise UserError(f"{path}: templates file not found")
     templates = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             if "{}" not in line:
-                raise ClipDataError(f"{path} line {number}: template {line.strip()!r} has no {{}} for the label")
+                raise UserError(f"{path} line {number}: template {line.strip()!r} has no {{}} for the label")
             templates.append(line.strip())
     if not templates:
-        raise ClipDataError(f"{path}: no templates")
+        raise UserError(f"{path}: no templates")
     return templates
 
 
@@ -199,7 +197,7 @@ def classify(model, preprocess, text_emb: torch.Tensor, images: list[ValImage], 
             try:
                 tensors.append(preprocess(load_rgb(item.path)))
                 batch.append(item)
-            except ClipDataError as e:
+            except UserError as e:
                 tqdm.write(f"warning: skipping {e}")
                 skipped.append(str(e))
         if batch:

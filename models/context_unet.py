@@ -95,16 +95,17 @@ def build_from_config(config: dict) -> ContextUnet:
 
 def load_p1_model(path) -> tuple[ContextUnet, dict]:
     """The network (EMA weights when present) and config of a P1 checkpoint, in eval mode."""
-    from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+    from utils.checkpoint import load_checkpoint, load_state_dict_strict
+    from utils.errors import UserError
 
     ckpt = load_checkpoint(path, required=("config",), what="P1 DDPM checkpoint")
     state = ckpt.get("ema", ckpt.get("model"))
     if state is None:
-        raise CheckpointError(f"{path}: P1 DDPM checkpoint holds no 'ema' or 'model' weights")
+        raise UserError(f"{path}: P1 DDPM checkpoint holds no 'ema' or 'model' weights")
     config = ckpt["config"]
     try:
         net = build_from_config(config)
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: config does not describe a ContextUnet ({e})") from None
+        raise UserError(f"{path}: config does not describe a ContextUnet ({e})") from None
     load_state_dict_strict(net, {k: v.float() for k, v in state.items()}, str(path))
     return net.eval(), config

@@ -3,8 +3,8 @@
 Both take 28x28 RGB normalised with mean 0.5 and std 0.5 per channel (`normalise`).
 """
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def normalise(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from utils.checkpoint import load_checkpoint, load_state_dict_strict
+from utils.errors import UserError
 
 
 class TimeEmbedding(nn.Module):
@@ -153,15 +154,15 @@ def load_face_unet(path: Path) -> FaceUNet:
     """Build a FaceUNet and load the course's `UNet.pt` (a plain state_dict) into it, strictly.
 
     The width is read from `down1.weight` (128 for the course's weights), so smaller nets of the
-    same layout load too. Raises CheckpointError naming the file for an unreadable or unfit file.
+    same layout load too. Raises UserError naming the file for an unreadable or unfit file.
     """
     state = load_checkpoint(path, what="UNet state_dict")
     if any(not isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a plain state_dict (values that are not tensors)")
+        raise UserError(f"{path}: not a plain state_dict (values that are not tensors)")
     stem = state.get("down1.weight")
     channels = stem.shape[0] if isinstance(stem, torch.Tensor) and stem.ndim == 4 else 128
     if channels % 32:
-        raise CheckpointError(f"{path}: down1.weight has {channels} output channels, not a multiple of 32")
+        raise UserError(f"{path}: down1.weight has {channels} output channels, not a multiple of 32")
     model = FaceUNet(channels=channels)
     load_state_dict_strict(model, state, str(path))
     return model.eval()

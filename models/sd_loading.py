@@ -20,7 +20,8 @@ from diffusers.schedulers import PNDMScheduler
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from utils.checkpoint import CheckpointError, load_state_dict_strict
+from utils.checkpoint import load_state_dict_strict
+from utils.errors import UserError
 
 SD_V1_CONFIGS = Path(__file__).resolve().parent / "sd_v1_configs"
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
@@ -28,9 +29,6 @@ SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 LDM_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
                 "text_encoder": "cond_stage_model.transformer."}
 
-
-class ModelLoadError(ValueError):
-    """A model path that is missing, unreadable or not Stable Diffusion v1; the message says which."""
 
 
 def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
@@ -67,11 +65,11 @@ def read_single_file(path: Path) -> dict:
         with torch.serialization.safe_globals([(_Inert, name) for name in foreign]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # safetensors and torch raise many types for a truncated or foreign file
-        raise ModelLoadError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     while isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path}: expected a state dict, found {type(obj).__name__}")
+        raise UserError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
 
 
@@ -79,12 +77,12 @@ def _check_sd_v1(state: dict, path: Path) -> None:
     missing = [f"{name} ('{prefix}*')" for name, prefix in LDM_PREFIXES.items()
                if not any(k.startswith(prefix) for k in state)]
     if any(k.startswith("cond_stage_model.model.") for k in state):
-        raise ModelLoadError(f"{path}: this is a Stable Diffusion v2 checkpoint (OpenCLIP text encoder); "
-                             "this program needs SD v1 (e.g. sd-v1-4.ckpt)")
+        raise UserError(f"{path}: this is a Stable Diffusion v2 checkpoint (OpenCLIP text encoder); "
+                        "this program needs SD v1 (e.g. sd-v1-4.ckpt)")
     if missing:
         sample = ", ".join(sorted(state)[:5]) or "none"
-        raise ModelLoadError(f"{path}: not a Stable Diffusion v1 checkpoint: no weights for {', '.join(missing)} "
-                             f"(first keys: {sample})")
+        raise UserError(f"{path}: not a Stable Diffusion v1 checkpoint: no weights for {', '.join(missing)} "
+                        f"(first keys: {sample})")
 
 
 def components_from_single_file(path: Path, config_dir: Path = SD_V1_CONFIGS) -> dict:
@@ -98,7 +96,7 @@ def components_from_single_file(path: Path, config_dir: Path = SD_V1_CONFIGS) ->
         text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder")
         scheduler = PNDMScheduler.from_pretrained(config_dir / "scheduler")
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{config_dir}: the shipped SD v1 configs are missing or broken ({e})") from None
+        raise UserError(f"{config_dir}: the shipped SD v1 configs are missing or broken ({e})") from None
 
     unet = UNet2DConditionModel.from_config(unet_config)
     vae = AutoencoderKL.from_config(vae_config)
@@ -112,8 +110,8 @@ def components_from_single_file(path: Path, config_dir: Path = SD_V1_CONFIGS) ->
         load_state_dict_strict(unet, convert_ldm_unet_checkpoint(state, unet_config), f"{path} (UNet)")
         load_state_dict_strict(vae, convert_ldm_vae_checkpoint(state, vae_config), f"{path} (VAE)")
         load_state_dict_strict(text_encoder, text_state, f"{path} (text encoder)")
-    except CheckpointError as e:
-        raise ModelLoadError(f"{e}\n(is this an SD v1 checkpoint? the configs used are in {config_dir})") from None
+    except UserError as e:
+        raise UserError(f"{e}\n(is this an SD v1 checkpoint? the configs used are in {config_dir})") from None
     return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
             "tokenizer": clip_tokenizer(), "scheduler": scheduler}
 
@@ -123,20 +121,20 @@ def load_pipeline(model: Path, config_dir: Path = SD_V1_CONFIGS) -> StableDiffus
     model = Path(model)
     if model.is_dir():
         if not (model / "model_index.json").is_file():
-            raise ModelLoadError(f"{model}: a folder, but not a diffusers pipeline (no model_index.json); "
-                                 f"pass a diffusers folder or an SD v1 file ({', '.join(SINGLE_FILE_SUFFIXES)})")
+            raise UserError(f"{model}: a folder, but not a diffusers pipeline (no model_index.json); "
+                            f"pass a diffusers folder or an SD v1 file ({', '.join(SINGLE_FILE_SUFFIXES)})")
         try:
             return StableDiffusionPipeline.from_pretrained(
                 model, local_files_only=True, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
         except (OSError, ValueError, TypeError) as e:
-            raise ModelLoadError(f"{model}: cannot load the diffusers pipeline ({type(e).__name__}: {e})") from None
+            raise UserError(f"{model}: cannot load the diffusers pipeline ({type(e).__name__}: {e})") from None
     if not model.is_file():
-        raise ModelLoadError(f"{model}: not found; pass the SD v1 checkpoint (e.g. sd-v1-4.ckpt) "
-                             "or a diffusers folder")
+        raise UserError(f"{model}: not found; pass the SD v1 checkpoint (e.g. sd-v1-4.ckpt) "
+                        "or a diffusers folder")
     if model.suffix not in SINGLE_FILE_SUFFIXES:
-        raise ModelLoadError(f"{model}: unknown checkpoint type '{model.suffix}' "
-                             f"(expected one of {', '.join(SINGLE_FILE_SUFFIXES)} or a diffusers folder)")
+        raise UserError(f"{model}: unknown checkpoint type '{model.suffix}' "
+                        f"(expected one of {', '.join(SINGLE_FILE_SUFFIXES)} or a diffusers folder)")
     return StableDiffusionPipeline(**components_from_single_file(model, config_dir), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from utils.errors import UserError
+
 
 def placeholder_tokens(token: str, num_vectors: int = 1) -> list[str]:
     """`<t>`, `<t>_1`, ... : one token per learned vector, as diffusers names them."""
@@ -28,11 +30,11 @@ def add_placeholder(tokenizer, text_encoder, token: str, initializer: str, num_v
     """Add the placeholder's tokens, grow the embedding matrix, copy the initializer's row; return the new ids."""
     init_ids = tokenizer.encode(initializer, add_special_tokens=False)
     if len(init_ids) != 1:
-        raise ValueError(f"the initializer {initializer!r} must be a single token of the CLIP vocabulary "
-                         f"(it is {len(init_ids)}: {tokenizer.convert_ids_to_tokens(init_ids)})")
+        raise UserError(f"the initializer {initializer!r} must be a single token of the CLIP vocabulary "
+                        f"(it is {len(init_ids)}: {tokenizer.convert_ids_to_tokens(init_ids)})")
     tokens = placeholder_tokens(token, num_vectors)
     if tokenizer.add_tokens(tokens) != len(tokens):
-        raise ValueError(f"{token} is already in the tokenizer's vocabulary; choose another placeholder")
+        raise UserError(f"{token} is already in the tokenizer's vocabulary; choose another placeholder")
     ids = tokenizer.convert_tokens_to_ids(tokens)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set just below
     weight = text_encoder.get_input_embeddings().weight
@@ -143,12 +145,12 @@ def load_learned_embeds(path: Path) -> tuple[str, torch.Tensor]:
     """(token, (n, dim)) from a file written by `save_learned_embeds` (or any one-token diffusers file)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: learned embeddings not found")
+        raise UserError(f"{path}: learned embeddings not found")
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: not a safetensors file of learned embeddings ({e})") from None
+        raise UserError(f"{path}: not a safetensors file of learned embeddings ({e})") from None
     if len(state) != 1:
-        raise ValueError(f"{path}: expected one token's embeddings, found keys {sorted(state)}")
+        raise UserError(f"{path}: expected one token's embeddings, found keys {sorted(state)}")
     token, vectors = next(iter(state.items()))
     return token, vectors.reshape(-1, vectors.shape[-1])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import p1_ddpm_train
-from utils.digits import DataError, DigitData, load_split, read_split_csv
+from utils.digits import DigitData, load_split, read_split_csv
+from utils.errors import UserError
 
 
 @pytest.fixture
@@ -54,12 +55,12 @@ def _write_csv(root, text):
     (lambda r: _write_csv(r, "image_name,label\nnope.png,3\n"), "nope.png: image listed in the csv does not exist"),
     (lambda r: (r / "mnistm" / "data" / "00000.png").write_bytes(b"not a png"), "00000.png: cannot read image"),
 ])
-def test_bad_input_is_a_clear_error(tiny_root, mutate, message):
+def test_bad_input_is_a_clear_error(tiny_root, mutate, message, cli_error):
     mutate(tiny_root)
-    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
         load_split(tiny_root, "mnistm", progress=False)
     # the training script turns it into one line naming the problem, not a traceback
-    with pytest.raises(SystemExit) as exc:
+    with cli_error() as exc:
         p1_ddpm_train.main(["--data-root", str(tiny_root), "--out-dir", str(tiny_root / "run"), "--steps", "1"])
-    assert "p1_ddpm_train.py: error:" in str(exc.value) and message.split(":")[-1].strip() in str(exc.value)
+    assert "p1_ddpm_train.py: error:" in exc.message and message.split(":")[-1].strip() in exc.message
     assert not (tiny_root / "run" / "last.pt").exists()

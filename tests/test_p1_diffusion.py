@@ -5,8 +5,17 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from models.diffusion import (ClassifierFreeGuidance, alphas_cumprod, ddim_sample, ddim_step, ddpm_sample, ddpm_step,
-                              linear_betas, q_sample, spaced_timesteps)
+from models.diffusion import (
+    ClassifierFreeGuidance,
+    alphas_cumprod,
+    ddim_sample,
+    ddim_step,
+    ddpm_sample,
+    ddpm_step,
+    linear_betas,
+    q_sample,
+    spaced_timesteps,
+)
 
 T = 500
 

@@ -54,13 +54,13 @@ def test_keep_every_keeps_the_sampling_weights_of_those_steps(digits, tmp_path):
     assert load_p1_model(tmp_path / "model_000002.pt")[1] == load_p1_model(tmp_path / "model.pt")[1]
 
 
-def test_init_from_starts_at_the_given_weights(digits, tiny_ckpt, tmp_path):
+def test_init_from_starts_at_the_given_weights(digits, tiny_ckpt, tmp_path, cli_error):
     p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "0",
                         "--init-from", str(tiny_ckpt), *TINY[:2], "--n-feat", "16"])  # the checkpoint's config wins
     started = load_p1_model(tmp_path / "model.pt")[0].state_dict()
     given = load_p1_model(tiny_ckpt)[0].state_dict()
     assert started.keys() == given.keys() and all(torch.equal(started[k], given[k]) for k in given)
-    with pytest.raises(SystemExit, match="missing.pt: P1 DDPM checkpoint not found"):
+    with cli_error("missing.pt: P1 DDPM checkpoint not found"):
         p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path / "x"), "--steps", "1",
                             "--init-from", str(tmp_path / "missing.pt"), *TINY])
 
@@ -111,15 +111,15 @@ def test_reverse_process_points_with_the_full_ancestral_sampler(tiny_ckpt):
     assert snaps[50].shape == (2, 3, 28, 28)
 
 
-def test_bad_checkpoint_is_a_clear_error(tmp_path):
+def test_bad_checkpoint_is_a_clear_error(tmp_path, cli_error):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(SystemExit, match="bad.pt: not a readable P1 DDPM checkpoint"):
+    with cli_error("bad.pt: not a readable P1 DDPM checkpoint"):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(bad)])
-    with pytest.raises(SystemExit, match="missing.pt: P1 DDPM checkpoint not found"):
+    with cli_error("missing.pt: P1 DDPM checkpoint not found"):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(tmp_path / "missing.pt")])
     torch.save({"config": {"model": {"n_feat": 8}}, "ema": {"bogus": torch.zeros(1)}}, bad)
-    with pytest.raises(SystemExit, match="unexpected keys \\(1\\): bogus"):
+    with cli_error("unexpected keys \\(1\\): bogus"):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(bad)])
 
 
@@ -149,16 +149,16 @@ def test_course_classifier_scores_real_mnistm_val(shared, digits, tmp_path):
     assert result["mnistm"]["accuracy"] >= 0.92
 
 
-def test_evaluator_errors(shared, tmp_path):
+def test_evaluator_errors(shared, tmp_path, cli_error):
     (tmp_path / "mnistm").mkdir()
-    with pytest.raises(SystemExit, match="no .png images to score"):
+    with cli_error("no .png images to score"):
         p1_ddpm_eval.main([str(tmp_path), "--datasets", "mnistm",
                            "--mnistm-classifier", str(shared / "grader" / "Classifier.pth")])
     Image.new("RGB", (28, 28)).save(tmp_path / "mnistm" / "x_001.png")
-    with pytest.raises(SystemExit, match="must start with the digit label"):
+    with cli_error("must start with the digit label"):
         p1_ddpm_eval.main([str(tmp_path), "--datasets", "mnistm",
                            "--mnistm-classifier", str(shared / "grader" / "Classifier.pth")])
-    with pytest.raises(SystemExit, match="MNIST-M classifier not found"):
+    with cli_error("MNIST-M classifier not found"):
         p1_ddpm_eval.main([str(tmp_path), "--datasets", "mnistm", "--mnistm-classifier", str(tmp_path / "no.pth")])
 
 

@@ -79,7 +79,7 @@ def test_report_figures(files, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [b"garbage", {"x": 1}, torch.zeros(1, 3, 64, 48), torch.zeros(1, 3, 32, 32)])
-def test_bad_noise_file_is_named_and_nothing_is_written(files, tmp_path, bad):
+def test_bad_noise_file_is_named_and_nothing_is_written(files, tmp_path, bad, cli_error):
     noise = tmp_path / "noise"
     noise.mkdir()
     for name in NAMES:
@@ -91,16 +91,16 @@ def test_bad_noise_file_is_named_and_nothing_is_written(files, tmp_path, bad):
     out = tmp_path / "out"
     out.mkdir()
     (out / "00.png").write_bytes(b"earlier result")
-    with pytest.raises(SystemExit, match="02.pt"):
+    with cli_error("02.pt"):
         p2_ddim.main([str(noise), str(out), str(files / "UNet.pt"), "--steps", "2"])
     assert [p.name for p in out.iterdir()] == ["00.png"] and (out / "00.png").read_bytes() == b"earlier result"
 
 
-def test_unfit_unet_is_named(files, tmp_path):
+def test_unfit_unet_is_named(files, tmp_path, cli_error):
     state = torch.load(files / "UNet.pt", weights_only=True)
     del state["out.2.bias"]
     torch.save(state, tmp_path / "UNet.pt")
-    with pytest.raises(SystemExit, match=r"UNet.pt does not fit FaceUNet:\n  missing keys \(1\): out.2.bias"):
+    with cli_error(r"UNet.pt does not fit FaceUNet:\n  missing keys \(1\): out.2.bias"):
         p2_ddim.main([str(files / "noise"), str(tmp_path / "out"), str(tmp_path / "UNet.pt")])
     assert not (tmp_path / "out").exists()
 

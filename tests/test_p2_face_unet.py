@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.face_unet import FaceUNet, load_face_unet
-from utils.checkpoint import CheckpointError
+from utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_unfit_state_dict_lists_missing_unexpected_and_shapes(tmp_path):
     state["up24.resblocks.conv1.weight"] = torch.zeros(1)
     state["mid1.attention.qkv.weight"] = torch.zeros(3, 128, 1, 1)
     torch.save(state, tmp_path / "UNet.pt")
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(UserError) as err:
         load_face_unet(tmp_path / "UNet.pt")
     message = str(err.value)
     assert "UNet.pt" in message
@@ -70,7 +70,7 @@ def test_unreadable_or_foreign_file_names_the_file(tmp_path, content):
         path.write_bytes(content)
     elif content is not None:
         torch.save(content, path)
-    with pytest.raises(CheckpointError, match="UNet.pt"):
+    with pytest.raises(UserError, match="UNet.pt"):
         load_face_unet(path)
 
 

@@ -165,7 +165,7 @@ def test_unreadable_image_is_reported_and_other_files_ignored(setup, tmp_path):
     ("bad_template", "has no {} for the label"),
     ("missing_weights_file", "no such weights file"),
 ])
-def test_bad_input_is_a_clear_error(setup, tmp_path, case, message):
+def test_bad_input_is_a_clear_error(setup, tmp_path, case, message, cli_error):
     val, id2label = tmp_path / "val", tmp_path / "id2label.json"
     shutil.copytree(setup["val"], val)
     shutil.copy(setup["id2label"], id2label)
@@ -186,9 +186,9 @@ def test_bad_input_is_a_clear_error(setup, tmp_path, case, message):
         extra += ["--templates", str(tmp_path / "t.txt")]
     elif case == "missing_weights_file":
         extra = ["--pretrained", str(tmp_path / "nowhere.pt")]
-    with pytest.raises(SystemExit) as err:
+    with cli_error() as err:
         p3_clip_zeroshot.main([str(val), str(id2label), str(tmp_path / "out"), "--model", str(TINY), *extra])
-    assert message in str(err.value)
+    assert message in err.message
     assert not (tmp_path / "out").exists()
 
 
@@ -200,12 +200,12 @@ def empty_caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_missing_tag_weights_say_where_to_put_them(setup, empty_caches, capsys):
+def test_missing_tag_weights_say_where_to_put_them(setup, empty_caches, capsys, cli_error):
     argv = [str(setup["val"]), str(setup["id2label"]), str(empty_caches / "out"), "--pretrained", "openai"]
-    with pytest.raises(SystemExit) as err:
+    with cli_error() as err:
         p3_clip_zeroshot.main(argv)
-    assert "~/.cache/clip/ViT-B-32.pt" in str(err.value)
-    assert "--model ViT-B-32-quickgelu --pretrained /path/to/open_clip_model.safetensors" in str(err.value)
+    assert "~/.cache/clip/ViT-B-32.pt" in err.message
+    assert "--model ViT-B-32-quickgelu --pretrained /path/to/open_clip_model.safetensors" in err.message
     assert p3_clip_zeroshot.main([*argv, "--skip-missing"]) is None
     assert "skipped, missing" in capsys.readouterr().out and not (empty_caches / "out").exists()
 

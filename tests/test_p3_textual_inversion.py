@@ -17,14 +17,13 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 import p3_textual_inversion as p3
 from models.sd_loading import (
     SD_V1_CONFIGS,
-    ModelLoadError,
     clip_tokenizer,
     components_from_single_file,
     load_pipeline,
     random_pipeline,
 )
 from models.textual_inversion import load_learned_embeds, save_learned_embeds
-from utils.digits import DataError
+from utils.errors import UserError
 from utils.ti_data import ConceptImages, read_prompt_file
 
 TINY = json.loads((Path(__file__).parent / "fixtures" / "ti_tiny_sd.json").read_text())
@@ -183,16 +182,16 @@ def test_single_file_checkpoint_loads_like_the_original(tiny_sd, tmp_path):
 
 def test_loading_errors_are_clear(tiny_sd, tmp_path):
     folder, pipe = tiny_sd
-    with pytest.raises(ModelLoadError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         load_pipeline(tmp_path / "sd-v1-4.ckpt")
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="not a readable checkpoint"):
         load_pipeline(tmp_path / "garbage.ckpt")
     no_vae = {k: v for k, v in to_ldm_checkpoint(pipe).items() if not k.startswith("first_stage_model.")}
     torch.save(no_vae, tmp_path / "no_vae.ckpt")
-    with pytest.raises(ModelLoadError, match=r"no weights for vae \('first_stage_model"):
+    with pytest.raises(UserError, match=r"no weights for vae \('first_stage_model"):
         components_from_single_file(tmp_path / "no_vae.ckpt", config_dir=folder)
-    with pytest.raises(ModelLoadError, match="model_index.json"):
+    with pytest.raises(UserError, match="model_index.json"):
         load_pipeline(tmp_path)
 
 
@@ -208,7 +207,7 @@ def test_prompt_file_real_and_malformed(shared, tmp_path):
                           ('{"0": {"token_name": "<new1>", "prompt": ["a", "b"], "baseline": [[1, 2]]}}',
                            "one \\[image score, text score\\] pair per prompt")]:
         bad.write_text(text)
-        with pytest.raises(DataError, match=message):
+        with pytest.raises(UserError, match=message):
             read_prompt_file(bad)
 
 
@@ -313,11 +312,11 @@ def test_sampling_does_not_depend_on_the_batch_size(tiny_sd, embeds_dir):
     assert np.abs(together[0] - together[1]).max() > 0
 
 
-def test_generate_without_embeddings_says_so(tiny_sd, tmp_path, capsys):
+def test_generate_without_embeddings_says_so(tiny_sd, tmp_path, capsys, cli_error):
     (tmp_path / "input.json").write_text(json.dumps(PROMPTS))
     argv = ["generate", str(tmp_path / "input.json"), str(tmp_path / "out"), str(tiny_sd[0]),
             "--embeds-dir", str(tmp_path / "none")]
-    with pytest.raises(SystemExit, match=r"learned embeddings of <new1>: .*new1\.safetensors"):
+    with cli_error(r"learned embeddings of <new1>: .*new1\.safetensors"):
         p3.main(argv)
     assert p3.main(argv + ["--skip-missing"]) is None
     assert "skipped" in capsys.readouterr().out and not (tmp_path / "out").exists()
@@ -377,13 +376,13 @@ def test_evaluate_equals_the_course_computation(generated, tiny_clip, shared, tm
     assert json.loads((tmp_path / "scores.json").read_text()) == results
 
 
-def test_evaluate_insists_on_25_images(generated, tiny_clip, shared, tmp_path):
+def test_evaluate_insists_on_25_images(generated, tiny_clip, shared, tmp_path, cli_error):
     input_json, out = generated
     short = tmp_path / "out"
     for cid, i in (("0", 0), ("0", 1), ("1", 0)):
         (short / cid / str(i)).mkdir(parents=True)
         for k in range(24 if (cid, i) == ("0", 1) else 25):
             (short / cid / str(i) / f"{k}.png").write_bytes((out / cid / str(i) / f"{k}.png").read_bytes())
-    with pytest.raises(SystemExit, match="found 24 images; the course's evaluator needs exactly 25"):
+    with cli_error("found 24 images; the course's evaluator needs exactly 25"):
         p3.main(["evaluate", str(input_json), str(short), "--concept-root", str(shared / "hw2_data/textual_inversion"),
                  "--clip", str(tiny_clip)])

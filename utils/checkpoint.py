@@ -3,9 +3,7 @@ from pathlib import Path
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit; the message says which."""
+from utils.errors import UserError
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -21,16 +19,16 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = (), what: str = "che
     """torch.load on the CPU, with a clear error for a missing, corrupt or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found")
+        raise UserError(f"{path}: {what} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+        raise UserError(f"{path}: expected a dict, found {type(obj).__name__}")
     missing = [k for k in required if k not in obj]
     if missing:
-        raise CheckpointError(f"{path}: not a {what}: missing entries {missing} (has {sorted(obj)})")
+        raise UserError(f"{path}: not a {what}: missing entries {missing} (has {sorted(obj)})")
     return obj
 
 
@@ -49,5 +47,5 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str) -> 
             lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
         if shapes:
             lines.append(f"  wrong shapes ({len(shapes)}): " + "; ".join(shapes[:20]))
-        raise CheckpointError("\n".join(lines))
+        raise UserError("\n".join(lines))
     model.load_state_dict(state, strict=True)

@@ -1,6 +1,6 @@
 """P3 data: the course's `val/{class_id}_{image_id}.png` folder, `id2label.json`, and the cases figure.
 
-Every problem with the input is a `ClipDataError` that names the file and what is wrong with it.
+Every problem with the input is a `UserError` that names the file and what is wrong with it.
 """
 import json
 import re
@@ -10,13 +10,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from utils.errors import UserError
 from utils.images import _font
 
 VAL_NAME = re.compile(r"(\d+)_(\w+)\.png", re.IGNORECASE)  # {class_id}_{image_id}.png
 
-
-class ClipDataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -28,25 +26,25 @@ class ValImage:
 def read_id2label(path: Path) -> dict[int, str]:
     """`{"0": "bicycle", ...}` -> {0: "bicycle", ...}, validated."""
     if not path.is_file():
-        raise ClipDataError(f"{path}: id2label json not found")
+        raise UserError(f"{path}: id2label json not found")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClipDataError(f"{path}: not valid JSON ({e})") from None
+        raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict) or not raw:
-        raise ClipDataError(f'{path}: expected a non-empty object {{"class_id": "label", ...}}')
+        raise UserError(f'{path}: expected a non-empty object {{"class_id": "label", ...}}')
     id2label = {}
     for key, name in raw.items():
         if not str(key).isdigit():
-            raise ClipDataError(f"{path}: key {key!r} is not a class id (a non-negative integer)")
+            raise UserError(f"{path}: key {key!r} is not a class id (a non-negative integer)")
         if not isinstance(name, str) or not name.strip():
-            raise ClipDataError(f"{path}: label of class {key} is {name!r}, expected a non-empty string")
+            raise UserError(f"{path}: label of class {key} is {name!r}, expected a non-empty string")
         if int(key) in id2label:
-            raise ClipDataError(f"{path}: class id {int(key)} appears twice")
+            raise UserError(f"{path}: class id {int(key)} appears twice")
         id2label[int(key)] = name.strip()
     doubles = sorted(n for n, k in Counter(id2label.values()).items() if k > 1)
     if doubles:
-        raise ClipDataError(f"{path}: labels {doubles} name more than one class")
+        raise UserError(f"{path}: labels {doubles} name more than one class")
     return dict(sorted(id2label.items()))
 
 
@@ -62,32 +60,32 @@ def list_val_images(folder: Path, id2label: dict[int, str]) -> tuple[list[ValIma
     label would be unknown, so any accuracy computed without it could silently be wrong.
     """
     if not folder.is_dir():
-        raise ClipDataError(f"{folder}: validation folder not found")
+        raise UserError(f"{folder}: validation folder not found")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     ignored = [p.name for p in files if p.suffix.lower() != ".png"]
     pngs = [p for p in files if p.suffix.lower() == ".png"]
     if not pngs:
-        raise ClipDataError(f"{folder}: no PNG images found (expected files named {{class_id}}_{{image_id}}.png)")
+        raise UserError(f"{folder}: no PNG images found (expected files named {{class_id}}_{{image_id}}.png)")
     bad = [p.name for p in pngs if not VAL_NAME.fullmatch(p.name)]
     if bad:
-        raise ClipDataError(f"{folder}: {len(bad)} PNG file(s) not named {{class_id}}_{{image_id}}.png, "
-                            f"e.g. {', '.join(bad[:5])}; rename or remove them")
+        raise UserError(f"{folder}: {len(bad)} PNG file(s) not named {{class_id}}_{{image_id}}.png, "
+                        f"e.g. {', '.join(bad[:5])}; rename or remove them")
     images = [ValImage(p, int(VAL_NAME.fullmatch(p.name).group(1))) for p in pngs]
     unknown = sorted({im.class_id for im in images} - set(id2label))
     if unknown:
         example = next(im.path.name for im in images if im.class_id == unknown[0])
-        raise ClipDataError(f"{folder}: class id(s) {unknown} (e.g. {example}) are not in the id2label json, "
-                            f"which has ids {min(id2label)}..{max(id2label)}")
+        raise UserError(f"{folder}: class id(s) {unknown} (e.g. {example}) are not in the id2label json, "
+                        f"which has ids {min(id2label)}..{max(id2label)}")
     return sorted(images, key=lambda im: (im.class_id, im.path.name)), ignored
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """The image as RGB, fully read; an unreadable file is a `ClipDataError`."""
+    """The image as RGB, fully read; an unreadable file is a `UserError`."""
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for broken files
-        raise ClipDataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def cases_figure(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int = 10,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
+from utils.errors import UserError
 from utils.ti_data import image_files, open_rgb
 
 IMAGES_PER_PROMPT = 25  # the course's evaluator refuses any other count
@@ -23,13 +24,13 @@ class ClipScorer:
     def __init__(self, clip_dir: Path, device: torch.device = torch.device("cpu"), batch_size: int = 32):
         clip_dir = Path(clip_dir)
         if not (clip_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{clip_dir}: no CLIP model here (expected a transformers folder such as a "
+            raise UserError(f"{clip_dir}: no CLIP model here (expected a transformers folder such as a "
                                     "local copy of openai/clip-vit-base-patch32 with config.json and weights)")
         try:
             self.model = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval().to(device)
             self.processor = CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise FileNotFoundError(f"{clip_dir}: cannot load the CLIP model or processor ({e})") from None
+            raise UserError(f"{clip_dir}: cannot load the CLIP model or processor ({e})") from None
         self.device, self.batch_size = device, batch_size
 
     @torch.no_grad()
@@ -68,5 +69,5 @@ def load_generated(folder: Path, expected: int = IMAGES_PER_PROMPT) -> list:
     """The images of one prompt folder; exactly `expected` of them, as the course's evaluator insists."""
     paths = image_files(folder)
     if len(paths) != expected:
-        raise ValueError(f"{folder}: found {len(paths)} images; the course's evaluator needs exactly {expected}")
+        raise UserError(f"{folder}: found {len(paths)} images; the course's evaluator needs exactly {expected}")
     return [open_rgb(p) for p in paths]

@@ -1,6 +1,6 @@
 """The course's digit data sets: `ROOT/{mnistm,svhn}/data/*.png` listed by `train.csv` / `val.csv`.
 
-Every problem with the input is a `DataError` that names the file and what is wrong with it.
+Every problem with the input is a `UserError` that names the file and what is wrong with it.
 """
 import csv
 from collections import Counter
@@ -11,44 +11,43 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from utils.errors import UserError
+
 DATASETS = ("mnistm", "svhn")  # data-set label 0 and 1
 IMAGE_SIZE = 28
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 def read_split_csv(csv_path: Path) -> list[tuple[str, int]]:
     """Rows `(image_name, label)` of a course csv (header `image_name,label`), validated."""
     if not csv_path.is_file():
-        raise DataError(f"{csv_path}: csv file not found")
+        raise UserError(f"{csv_path}: csv file not found")
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"image_name", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path}: expected a header with columns image_name,label, "
+            raise UserError(f"{csv_path}: expected a header with columns image_name,label, "
                             f"found {reader.fieldnames}")
         rows = []
         for line, row in enumerate(reader, start=2):
             name, label = (row["image_name"] or "").strip(), (row["label"] or "").strip()
             if not name:
-                raise DataError(f"{csv_path} line {line}: empty image_name")
+                raise UserError(f"{csv_path} line {line}: empty image_name")
             try:
                 value = int(label)
             except ValueError:
-                raise DataError(f"{csv_path} line {line}: label {label!r} is not an integer") from None
+                raise UserError(f"{csv_path} line {line}: label {label!r} is not an integer") from None
             if not 0 <= value <= 9:
-                raise DataError(f"{csv_path} line {line}: label {value} is outside 0-9")
+                raise UserError(f"{csv_path} line {line}: label {value} is outside 0-9")
             rows.append((name, value))
     if not rows:
-        raise DataError(f"{csv_path}: the split lists no images")
+        raise UserError(f"{csv_path}: the split lists no images")
     return rows
 
 
 def load_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
-    """An RGB uint8 array (size, size, 3); a missing or unreadable file is a DataError."""
+    """An RGB uint8 array (size, size, 3); a missing or unreadable file is a UserError."""
     if not path.is_file():
-        raise DataError(f"{path}: image listed in the csv does not exist")
+        raise UserError(f"{path}: image listed in the csv does not exist")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -56,7 +55,7 @@ def load_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
                 im = im.resize((size, size), Image.BICUBIC)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
+        raise UserError(f"{path}: cannot read image ({e})") from None
 
 
 def load_split(root: Path, dataset: str, split: str = "train", limit: int | None = None,
@@ -67,7 +66,7 @@ def load_split(root: Path, dataset: str, split: str = "train", limit: int | None
     """
     folder = Path(root) / dataset
     if not folder.is_dir():
-        raise DataError(f"{folder}: data-set folder not found (expected the course layout "
+        raise UserError(f"{folder}: data-set folder not found (expected the course layout "
                         f"{dataset}/data/*.png with {dataset}/{split}.csv)")
     rows = read_split_csv(folder / f"{split}.csv")[:limit]
     images = np.stack([load_image(folder / "data" / name)

@@ -5,9 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-class FaceIOError(ValueError):
-    """A noise or ground-truth file that is missing, unreadable or of the wrong shape; the message names it."""
+from utils.errors import UserError
 
 
 def load_noise(path: Path) -> torch.Tensor:
@@ -15,15 +13,15 @@ def load_noise(path: Path) -> torch.Tensor:
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise FaceIOError(f"{path}: not a readable tensor file ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable tensor file ({type(e).__name__}: {e})") from None
     if not isinstance(x, torch.Tensor):
-        raise FaceIOError(f"{path}: expected a tensor, found {type(x).__name__}")
+        raise UserError(f"{path}: expected a tensor, found {type(x).__name__}")
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
     if x.dim() != 3 or x.shape[0] != 3 or x.shape[1] % 32 or x.shape[2] % 32:
-        raise FaceIOError(f"{path}: expected shape (1, 3, H, W) with H and W multiples of 32, found {tuple(x.shape)}")
+        raise UserError(f"{path}: expected shape (1, 3, H, W) with H and W multiples of 32, found {tuple(x.shape)}")
     if not x.is_floating_point() or not torch.isfinite(x).all():
-        raise FaceIOError(f"{path}: expected finite floating-point noise, found dtype {x.dtype}")
+        raise UserError(f"{path}: expected finite floating-point noise, found dtype {x.dtype}")
     return x.float()
 
 
@@ -31,14 +29,14 @@ def load_noises(noise_dir: Path) -> tuple[list[str], torch.Tensor]:
     """Every `*.pt` in noise_dir, sorted by name, validated before any sampling -> (names, (N, 3, H, W))."""
     noise_dir = Path(noise_dir)
     if not noise_dir.is_dir():
-        raise FaceIOError(f"{noise_dir}: noise folder not found")
+        raise UserError(f"{noise_dir}: noise folder not found")
     paths = sorted(noise_dir.glob("*.pt"))
     if not paths:
-        raise FaceIOError(f"{noise_dir}: no .pt noise files")
+        raise UserError(f"{noise_dir}: no .pt noise files")
     noises = [load_noise(p) for p in paths]
     for p, x in zip(paths, noises):
         if x.shape != noises[0].shape:
-            raise FaceIOError(f"{p}: shape {tuple(x.shape)} differs from {paths[0].name}'s {tuple(noises[0].shape)}")
+            raise UserError(f"{p}: shape {tuple(x.shape)} differs from {paths[0].name}'s {tuple(noises[0].shape)}")
     return [p.stem for p in paths], torch.stack(noises)
 
 
@@ -72,13 +70,13 @@ def load_ground_truth(gt_dir: Path, names: list[str], size: tuple[int, int]) -> 
     for name in names:
         path = Path(gt_dir) / f"{name}.png"
         if not path.is_file():
-            raise FaceIOError(f"{path}: ground-truth image not found")
+            raise UserError(f"{path}: ground-truth image not found")
         try:
             image = np.asarray(Image.open(path).convert("RGB"))
         except OSError as e:
-            raise FaceIOError(f"{path}: not a readable image ({e})") from None
+            raise UserError(f"{path}: not a readable image ({e})") from None
         if image.shape[:2] != tuple(size):
-            raise FaceIOError(f"{path}: size {image.shape[:2]} differs from the noise's {tuple(size)}")
+            raise UserError(f"{path}: size {image.shape[:2]} differs from the noise's {tuple(size)}")
         images.append(image)
     return np.stack(images)
 

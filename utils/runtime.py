@@ -4,6 +4,8 @@ import random
 import numpy as np
 import torch
 
+from utils.errors import UserError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
@@ -19,7 +21,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} asked for, but CUDA is not available here")
+        raise UserError(f"--device {name}: CUDA is not available here")
     return device
 
 

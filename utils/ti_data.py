@@ -1,6 +1,6 @@
 """Textual-inversion data: a concept's image folder (with augmentation) and the course's input.json.
 
-Every problem with the input is a `DataError` that names the file and what is wrong with it.
+Every problem with the input is a `UserError` that names the file and what is wrong with it.
 """
 import json
 import re
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from utils.digits import DataError
+from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # the course's evaluator reads these
 LEARNED_TOKEN = re.compile(r"<[^<>\s]+>")  # "<new1>": how the course names learned tokens in prompts
@@ -45,7 +45,7 @@ def image_files(folder: Path) -> list[Path]:
     """The image files of a folder, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found")
+        raise UserError(f"{folder}: image folder not found")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -54,7 +54,7 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
+        raise UserError(f"{path}: cannot read image ({e})") from None
 
 
 class ConceptImages:
@@ -68,7 +68,7 @@ class ConceptImages:
     def __init__(self, folder: Path, resolution: int, augment: bool = True, style: bool = False):
         paths = image_files(folder)
         if not paths:
-            raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.paths, self.resolution, self.augment = paths, resolution, augment
         self.templates = STYLE_TEMPLATES if style else OBJECT_TEMPLATES
         self.images = []
@@ -121,7 +121,7 @@ class Concept:
 
 def _string_list(value, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(s, str) and s.strip() for s in value):
-        raise DataError(f"{where} must be a non-empty list of non-empty strings, found {value!r}")
+        raise UserError(f"{where} must be a non-empty list of non-empty strings, found {value!r}")
     return tuple(value)
 
 
@@ -129,36 +129,36 @@ def read_prompt_file(path: Path) -> list[Concept]:
     """The concepts of a course input.json, validated (the course's keys; clip prompts and baselines optional)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: prompt json not found")
+        raise UserError(f"{path}: prompt json not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected an object of concepts {{\"0\": {{...}}, ...}}, found {type(data).__name__}")
+        raise UserError(f"{path}: expected an object of concepts {{\"0\": {{...}}, ...}}, found {type(data).__name__}")
     concepts = []
     for cid, entry in data.items():
         where = f"{path}: concept {cid!r}"
         if not isinstance(entry, dict):
-            raise DataError(f"{where}: expected an object, found {type(entry).__name__}")
+            raise UserError(f"{where}: expected an object, found {type(entry).__name__}")
         missing = [k for k in ("token_name", "prompt") if k not in entry]
         if missing:
-            raise DataError(f"{where}: missing {', '.join(missing)} (has {', '.join(sorted(entry)) or 'nothing'})")
+            raise UserError(f"{where}: missing {', '.join(missing)} (has {', '.join(sorted(entry)) or 'nothing'})")
         token = entry["token_name"]
         if not isinstance(token, str) or not LEARNED_TOKEN.fullmatch(token):
-            raise DataError(f"{where}: token_name must look like '<new1>', found {token!r}")
+            raise UserError(f"{where}: token_name must look like '<new1>', found {token!r}")
         prompts = _string_list(entry["prompt"], f"{where}: prompt")
         clip_prompts = baselines = None
         if "prompt_4_clip_eval" in entry:
             clip_prompts = _string_list(entry["prompt_4_clip_eval"], f"{where}: prompt_4_clip_eval")
             if len(clip_prompts) != len(prompts):
-                raise DataError(f"{where}: {len(prompts)} prompts but {len(clip_prompts)} prompt_4_clip_eval")
+                raise UserError(f"{where}: {len(prompts)} prompts but {len(clip_prompts)} prompt_4_clip_eval")
         if "baseline" in entry:
             b = entry["baseline"]
             ok = isinstance(b, list) and len(b) == len(prompts) and all(
                 isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in b)
             if not ok:
-                raise DataError(f"{where}: baseline must be one [image score, text score] pair per prompt "
+                raise UserError(f"{where}: baseline must be one [image score, text score] pair per prompt "
                                 f"({len(prompts)} prompts), found {b!r}")
             baselines = tuple((float(i), float(t)) for i, t in b)
         concepts.append(Concept(str(cid), token, str(entry.get("src_image", "")), prompts, clip_prompts, baselines))
