@@ -15,7 +15,7 @@ from models.context_unet import load_p1_model
 from models.diffusion import SAMPLERS, ClassifierFreeGuidance, alphas_cumprod, linear_betas, spaced_timesteps
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
-from utils.runtime import pick_device, seed_everything, use_bf16
+from utils.runtime import Autocast, add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
 REVERSE_POINTS_500 = (500, 320, 200, 120, 40, 1)  # the report's points for a 500-step model
@@ -34,9 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--per-digit", type=int, default=50, help="images per digit per data set")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per network call (doubled by guidance); small batches stay in the CPU cache")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="run the network under bf16 autocast (its output and the sampler's arithmetic stay fp32); "
-                        "auto = on for CUDA and for CPUs with native bf16")
+    add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16, fp32 otherwise", bf16_alias=True)
     p.add_argument("--seed", type=int, default=0, help="seed of the one CPU generator behind all sampling noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--grid", action="store_true", help="also write grid_{mnistm,svhn}.png in OUT_DIR")
@@ -51,14 +49,6 @@ def reverse_points(num_train_steps: int) -> list[int]:
     return sorted({max(1, round(t * num_train_steps / 500)) for t in REVERSE_POINTS_500}, reverse=True)
 
 
-def autocast_net(net, device: torch.device, bf16: bool):
-    """`net` run under bf16 autocast when `bf16`, its output back in fp32 for the sampler's arithmetic."""
-    def run(*inputs):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return net(*inputs).float()
-    return run
-
-
 def sample(net, config, args, device):
     """Generate every graded image; returns uint8 images (S, 10, per_digit, 28, 28, 3) and the snapshots."""
     datasets, n = config["datasets"], args.per_digit
@@ -71,7 +61,7 @@ def sample(net, config, args, device):
     gen = seed_everything(args.seed)
     x_T = torch.randn(len(digit), 3, 28, 28, generator=gen)
     model = ClassifierFreeGuidance(
-        autocast_net(net, device, use_bf16(args.bf16, device)), (digit.to(device), dset.to(device)),
+        Autocast(net, resolve_dtype(args.dtype, device, cpu="bf16")), (digit.to(device), dset.to(device)),
         (torch.full_like(digit, net.null_digit).to(device), torch.full_like(dset, net.null_dataset).to(device)),
         w=args.guidance, chunk=args.batch_size)
 

@@ -18,7 +18,7 @@ from models.diffusion import alphas_cumprod, linear_betas, q_sample
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.digits import DATASETS, DigitData
 from utils.errors import cli
-from utils.runtime import pick_device, seed_everything, use_bf16
+from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 
 def parse_args(argv=None):
@@ -53,9 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the one generator behind all training randomness")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="bf16 autocast for the forward pass (weights and optimizer stay fp32); auto = on for CUDA "
-                        "and for CPUs with native bf16 (AVX512-BF16/AMX: about 2x faster there), off otherwise")
+    add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: about 2x faster there), "
+                           "fp32 otherwise", bf16_alias=True)
     return p.parse_args(argv)
 
 
@@ -109,9 +108,9 @@ def train(args) -> Path:
     elif init is not None:
         net.load_state_dict(init)
         ema.load_state_dict(init)
-    bf16 = use_bf16(args.bf16, device)
+    dtype = resolve_dtype(args.dtype, device, cpu="bf16")
     print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {len(data)} images, "
-          f"device {device}, bf16 {bf16}, steps {step}->{args.steps}")
+          f"device {device}, {str(dtype).removeprefix('torch.')}, steps {step}->{args.steps}")
 
     def save_sampling(path):  # what p1_ddpm_sample.py needs: config and EMA weights
         save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step}, path)
@@ -121,7 +120,7 @@ def train(args) -> Path:
                          "optimizer": opt.state_dict(), "step": step, "generator": gen.get_state()}, last)
         save_sampling(args.out_dir / "model.pt")
 
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     T, null_digit, null_set = config["schedule"]["num_steps"], net.null_digit, net.null_dataset
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     running, start = None, time.time()

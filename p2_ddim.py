@@ -9,12 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
-from models.face_ddim import ALPHAS, DTYPES, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
+from models.face_ddim import ALPHAS, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
 from models.face_unet import load_face_unet
 from utils.errors import UserError, cli
 from utils.face_io import load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
 from utils.images import labelled_grid
-from utils.runtime import pick_device, seed_everything
+from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 
 def parse_args(argv=None):
@@ -33,8 +33,7 @@ def parse_args(argv=None):
                    help="also write OUT_DIR/interpolation.png: slerp and lerp between the first two noises, "
                         "alpha = 0, 0.1, ..., 1")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic noise (eta > 0, eta sweep)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                   help="precision of the UNet (autocast); the DDIM update stays in float32")
+    add_dtype_flag(p, default="fp32", auto="bf16 on CUDA, fp32 on a CPU; the ground truth was made in fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--skip-missing", action="store_true",
                    help="if NOISE_DIR, UNET_PATH or --gt-dir is missing, say which and exit 0 (for run_all.sh)")
@@ -74,7 +73,7 @@ def main(argv=None):
     generator = seed_everything(args.seed)
     model.to(device)
     x_T = x_T.to(device)
-    options = dict(num_steps=args.steps, batch_size=args.batch_size, dtype=DTYPES[args.dtype], progress=True)
+    options = dict(num_steps=args.steps, batch_size=args.batch_size, dtype=resolve_dtype(args.dtype, device), progress=True)
 
     images = minmax_uint8(sample_faces(model, x_T, eta=args.eta, generator=generator, **options))
     for path in save_pngs(images, names, args.out_dir):

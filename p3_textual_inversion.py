@@ -38,13 +38,12 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
-from utils.runtime import pick_device, seed_everything
+from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
 from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, open_rgb, read_prompt_file
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EMBEDS = ROOT / "checkpoints" / "p3_textual_inversion"
 SAMPLERS = {"dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "pndm": PNDMScheduler}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROG = "p3_textual_inversion.py"
 
 
@@ -122,12 +121,6 @@ def embeds_path(embeds_dir: Path, token: str) -> Path:
     return Path(embeds_dir) / f"{token.strip('<>')}.safetensors"
 
 
-def pick_dtype(name: str, device: torch.device, cuda_default: str) -> torch.dtype:
-    if name == "auto":
-        name = cuda_default if device.type == "cuda" else "fp32"
-    return DTYPES[name]
-
-
 def missing(paths: dict, args, hint: str = "") -> bool:
     """True (after printing what is missing) if --skip-missing and some input is absent; else exit on it."""
     absent = [f"{what}: {path}" for what, path in paths.items() if not Path(path).exists()]
@@ -155,7 +148,7 @@ def prepare_sampling(args, tokens: list[str]):
         pipe.load_textual_inversion(str(path), local_files_only=True)
     pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, pick_dtype(args.dtype, device, "fp16"))
+    return pipe.to(device, resolve_dtype(args.dtype, device, cuda="fp16"))
 
 
 def sample(pipe, prompt: str, num: int, args) -> list:
@@ -181,7 +174,7 @@ def train(args):
             print(f"{args.token}: already trained for {state['step']} steps ({out})")
             return argparse.Namespace(embeds=out, text_encoder=None, tokenizer=None, ids=None)
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device, "bf16")
+    dtype = resolve_dtype(args.dtype, device, cuda="bf16")
     gen = seed_everything(args.seed)
     data = ConceptImages(args.concept_dir, args.resolution, augment=args.augment, style=args.style)
     pipe = load_pipeline(args.model)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 import p1_ddpm_sample  # noqa: E402
 from models.context_unet import ContextUnet, load_p1_model  # noqa: E402
 from models.diffusion import ClassifierFreeGuidance  # noqa: E402
-from utils.runtime import use_bf16  # noqa: E402
+from utils.runtime import Autocast, native_bf16  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,7 +38,7 @@ def time_per_step(net, batch: int, steps: int, chunk: int, bf16: bool = False) -
     """Seconds for one guided denoising step of `batch` images (median of `steps`, after a warm-up)."""
     x = torch.randn(batch, 3, 28, 28)
     digit, dset = torch.arange(batch) % 10, torch.arange(batch) % 2
-    net = p1_ddpm_sample.autocast_net(net, torch.device("cpu"), bf16)
+    net = Autocast(net, torch.bfloat16 if bf16 else torch.float32)
     model = ClassifierFreeGuidance(net, (digit, dset), (torch.full_like(digit, 10), torch.full_like(dset, 2)),
                                    w=2.0, chunk=chunk)
     t = torch.full((batch,), 100)
@@ -59,7 +59,7 @@ def main(argv=None):
     rows = []
     configs = [("classic: ContextUnet 128, 400 DDPM steps", ContextUnet(n_feat=128).eval(), 400, False),
                ("ours (shipped ckpt, DDIM), fp32", net, defaults.steps, False)]
-    if use_bf16("auto", torch.device("cpu")):
+    if native_bf16():
         configs.append(("ours (shipped ckpt, DDIM), bf16", net, defaults.steps, True))
     for name, model, steps, bf16 in configs:
         per_step = time_per_step(model, args.batch, args.timed_steps, defaults.batch_size, bf16)

@@ -19,10 +19,13 @@ import torch
 from diffusers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.face_ddim import DTYPES, NUM_TRAIN_STEPS, course_timesteps, sample_faces  # noqa: E402
+from models.face_ddim import NUM_TRAIN_STEPS, course_timesteps, sample_faces  # noqa: E402
 from models.face_unet import FaceUNet, load_face_unet  # noqa: E402
 from utils.face_io import load_noises, minmax_uint8, mse_255  # noqa: E402
-from utils.runtime import seed_everything  # noqa: E402
+from utils.runtime import (
+    DTYPES,  # noqa: E402
+    seed_everything,  # noqa: E402
+)
 
 COURSE_STEPS = 50
 

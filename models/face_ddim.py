@@ -9,11 +9,11 @@ import torch
 
 from models.diffusion import alphas_cumprod, ddim_sample, linear_betas, spaced_timesteps
 from models.interpolation import lerp, slerp
+from utils.runtime import Autocast
 
 NUM_TRAIN_STEPS = 1000  # linear betas 1e-4 .. 2e-2, as the UNet was trained
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the report's eta sweep
 ALPHAS = tuple(i / 10 for i in range(11))  # the report's interpolation weights
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def course_alpha_bar() -> torch.Tensor:
@@ -29,21 +29,6 @@ def course_timesteps(num_steps: int = 50) -> list[int]:
     if num_steps < 1 or NUM_TRAIN_STEPS % num_steps:
         raise ValueError(f"the number of DDIM steps must divide {NUM_TRAIN_STEPS}, got {num_steps}")
     return spaced_timesteps(NUM_TRAIN_STEPS, num_steps)
-
-
-class Autocast:
-    """A denoiser running `model` under autocast in `dtype`, returning float32 eps.
-
-    The DDIM update itself stays in float32 (x_t is never rounded to 16 bits); autocast keeps
-    GroupNorm and softmax in float32 and runs the convolutions and matmuls in `dtype`.
-    """
-
-    def __init__(self, model, dtype: torch.dtype):
-        self.model, self.dtype = model, dtype
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.model(x, t).float()
 
 
 def sample_faces(model, x_T: torch.Tensor, *, eta: float = 0.0, num_steps: int = 50,

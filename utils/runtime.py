@@ -1,10 +1,18 @@
-"""Seeding, device choice and the bf16 switch shared by the scripts."""
+"""Seeding, device choice and precision, shared by the scripts.
+
+Precision has one flag everywhere, `--dtype auto|fp32|bf16|fp16` (`add_dtype_flag`); the P1
+scripts also accept the older `--bf16 auto|on|off` (on = bf16, off = fp32). Networks run under
+autocast in that dtype (`Autocast`); weights, optimizers and the samplers' arithmetic stay fp32.
+"""
+import argparse
 import random
 
 import numpy as np
 import torch
 
 from utils.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -19,16 +27,65 @@ def pick_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here")
     return device
 
 
-def use_bf16(choice: str, device: torch.device) -> bool:
-    """'on'/'off' as given; 'auto' -> on for CUDA and for CPUs with native bf16 (AVX512-BF16 or AMX)."""
-    if choice != "auto":
-        return choice == "on"
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def native_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is about 2x faster."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_capability() -> str:
+    """What the CPU offers torch, for benchmarks: e.g. 'AVX512, native bf16, 2 threads'."""
+    bf16 = "native bf16" if native_bf16() else "no native bf16"
+    return f"{torch.backends.cpu.get_cpu_capability()}, {bf16}, {torch.get_num_threads()} threads"
+
+
+def resolve_dtype(name: str, device: torch.device, *, cuda: str = "bf16", cpu: str = "fp32") -> torch.dtype:
+    """`--dtype` to a torch dtype. 'auto' -> `cuda` on CUDA; on a CPU `cpu`, where 'bf16' means
+    bf16 only on CPUs with native bf16 (fp32 elsewhere, where emulated bf16 is slower)."""
+    if name == "auto":
+        name = cuda if device.type == "cuda" else cpu
+        if device.type != "cuda" and name == "bf16" and not native_bf16():
+            name = "fp32"
+    if name not in DTYPES:
+        raise UserError(f"--dtype {name}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class _Bf16Alias(argparse.Action):
+    """`--bf16 on|off|auto`, the P1 scripts' older spelling, stored as --dtype bf16|fp32|auto."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, {"on": "bf16", "off": "fp32", "auto": "auto"}[value])
+
+
+def add_dtype_flag(parser: argparse.ArgumentParser, auto: str, default: str = "auto", bf16_alias: bool = False):
+    """Add `--dtype auto|fp32|bf16|fp16` (and, with `bf16_alias`, `--bf16 auto|on|off`); `auto` says what auto means."""
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default=default,
+                        help=f"precision of the network (autocast; weights and the sampler's arithmetic stay fp32); "
+                             f"auto = {auto}")
+    if bf16_alias:
+        parser.add_argument("--bf16", dest="dtype", choices=["auto", "on", "off"], action=_Bf16Alias,
+                            help="older spelling of --dtype: on = bf16, off = fp32, auto = auto")
+
+
+class Autocast:
+    """`model(*inputs)` run under autocast in `dtype`, its output returned in float32.
+
+    The sampler's update stays in float32 (x_t is never rounded to 16 bits); autocast keeps
+    GroupNorm and softmax in float32 and runs the convolutions and matmuls in `dtype`.
+    """
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+
+    def __call__(self, x: torch.Tensor, *rest) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.model(x, *rest).float()
