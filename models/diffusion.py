@@ -2,7 +2,8 @@
 
 Conventions (those of DDPM, DDIM and `diffusers`):
 - timesteps are 0-indexed, t = 0 .. T-1; `alphas_cumprod[t] = prod_{s<=t} (1 - beta_s)`;
-- the step that leaves the last visited timestep (usually t = 0) goes to `alpha_bar = 1`;
+- the step that leaves the last visited timestep goes to `final_alpha_bar`: 1 by default (the DDPM and
+  DDIM papers), `alphas_cumprod[0]` in the ldm / Stable Diffusion convention (see `spaced_timesteps`);
 - a denoiser is any callable `eps = model(x, t)` with x (B, C, H, W) and t (B,) int64 values;
 - a sampler is a pure function `sample(model, x_T, alphas_cumprod, *, timesteps, ...) -> x_0`
   that never draws its own starting noise.
@@ -34,16 +35,20 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, noise: 
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 
 
-def spaced_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
-    """`num_steps` descending timesteps `i * (T // num_steps)`: the DDIM paper's uniform spacing.
+def spaced_timesteps(num_train_steps: int, num_steps: int, offset: int = 0) -> list[int]:
+    """`num_steps` descending timesteps `i * (T // num_steps) + offset`: uniform ("leading") spacing.
 
-    For T = 1000 and 50 steps: 980, 960, ..., 20, 0 (`range(0, 1000, 20)`, the course's). This is
-    `diffusers`' "leading" spacing with `steps_offset=0`; other codebases shift it by one (t + 1,
-    `steps_offset=1`) or use "trailing" (999, ..., 19): it matters when matching a reference exactly.
+    offset 0 is the DDIM paper's grid: 980, 960, ..., 20, 0 for T = 1000 and 50 steps. offset 1 is
+    CompVis ldm's `make_ddim_timesteps` (`range(0, T, T // S) + 1`) and Stable Diffusion's
+    `steps_offset=1`: 981, 961, ..., 21, 1. (`diffusers`' "trailing" spacing, 999, ..., 19, is a
+    third convention.) It matters when matching a reference exactly.
     """
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"num_steps must be in 1..{num_train_steps}, got {num_steps}")
-    return [i * (num_train_steps // num_steps) for i in range(num_steps)][::-1]
+    stride = num_train_steps // num_steps
+    if not 0 <= offset < num_train_steps - (num_steps - 1) * stride:
+        raise ValueError(f"offset {offset} puts the grid outside 0..{num_train_steps - 1}")
+    return [i * stride + offset for i in range(num_steps)][::-1]
 
 
 def ddpm_step(x, eps, ab_t: float, ab_prev: float, noise):
@@ -63,28 +68,33 @@ def ddim_sigma(ab_t: float, ab_prev: float, eta: float) -> float:
     return eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
 
 
-def ddim_step(x, eps, ab_t: float, ab_prev: float, eta: float, noise):
-    """Generalised step of DDIM (eq. 12); predicted x_0 is not clipped."""
+def ddim_step(x, eps, ab_t: float, ab_prev: float, eta: float, noise, clip_x0: float | None = None):
+    """Generalised step of DDIM (eq. 12). With `clip_x0` the predicted x_0 is clamped to
+    [-clip_x0, clip_x0] and eps is kept as predicted (ldm's DDIM, diffusers' `clip_sample`)."""
     x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
     sigma = ddim_sigma(ab_t, ab_prev, eta)
     x_prev = ab_prev ** 0.5 * x0 + (1.0 - ab_prev - sigma ** 2) ** 0.5 * eps
     return x_prev if noise is None or sigma == 0 else x_prev + sigma * noise
 
 
 def _loop(model: Denoiser, x: torch.Tensor, alpha_bar: torch.Tensor, timesteps: Sequence[int], step,
-          needs_noise: bool, generator, noises, callback, progress) -> torch.Tensor:
+          needs_noise: bool, generator, noises, callback, progress, final_alpha_bar: float = 1.0) -> torch.Tensor:
     timesteps = [int(t) for t in timesteps]
     if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
         raise ValueError("timesteps must be strictly decreasing")
     ab = alpha_bar.double().cpu()
+    # the last step is deterministic (sigma = 0) only when it lands on alpha_bar = 1
+    noisy_steps = len(timesteps) if final_alpha_bar < 1.0 else len(timesteps) - 1
     for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress, leave=False)):
         ab_t = ab[t].item()
-        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else float(final_alpha_bar)
         eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
         if callback is not None:
             callback(i, t, x, eps)
         noise = None
-        if needs_noise and i + 1 < len(timesteps):  # the last step is deterministic (sigma = 0)
+        if needs_noise and i < noisy_steps:
             noise = noises[i] if noises is not None else torch.randn(x.shape, generator=generator)
             noise = noise.to(x.device, x.dtype)
         x = step(x, eps, ab_t, ab_prev, noise)
@@ -105,13 +115,21 @@ def ddpm_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, 
 
 @torch.no_grad()
 def ddim_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
-                eta: float = 0.0, generator: torch.Generator | None = None,
-                noises: Sequence[torch.Tensor] | None = None, callback: Callback | None = None,
-                progress: bool = False) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021, eq. 12 with sigma of eq. 16); eta = 0 is deterministic."""
+                eta: float = 0.0, clip_x0: float | None = None, final_alpha_bar: float = 1.0,
+                generator: torch.Generator | None = None, noises: Sequence[torch.Tensor] | None = None,
+                callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12 with sigma of eq. 16); eta = 0 is deterministic.
+
+    The defaults are the paper's (no clipping, the last step lands on alpha_bar = 1). CompVis
+    ldm's sampler, which made the course's P2 ground truth, is `timesteps=spaced_timesteps(T, S, 1)`,
+    `clip_x0=1.0`, `final_alpha_bar=alpha_bar[0]` (diffusers' DDIMScheduler with `steps_offset=1`,
+    `clip_sample=True`, `set_alpha_to_one=False`); its last step then has sigma > 0 for eta > 0,
+    so `noises` needs one tensor per step instead of one per step but the last.
+    """
     def step(x, eps, ab_t, ab_prev, noise):
-        return ddim_step(x, eps, ab_t, ab_prev, eta, noise)
-    return _loop(model, x_T, alpha_bar, timesteps, step, eta > 0, generator, noises, callback, progress)
+        return ddim_step(x, eps, ab_t, ab_prev, eta, noise, clip_x0)
+    return _loop(model, x_T, alpha_bar, timesteps, step, eta > 0, generator, noises, callback, progress,
+                 final_alpha_bar)
 
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
