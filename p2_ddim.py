@@ -1,37 +1,55 @@
 """P2: DDIM sampling of the course's face UNet from fixed noise files.
 
-Writes OUT_DIR/NN.png (per-image min-max normalised) for every NOISE_DIR/NN.pt, sorted. Optional:
-MSE against ground-truth PNGs (OUT_DIR/mse.json), the report's eta-sweep figure
-(OUT_DIR/eta_sweep.png) and slerp/lerp interpolation figure (OUT_DIR/interpolation.png).
-Every noise and ground-truth file is validated before sampling starts.
+Writes OUT_DIR/NN.png (per-image min-max normalised) for every NOISE_DIR/NN.pt, sorted, with the DDIM
+convention that made the course's ground truth ("ldm": t = 981, ..., 1, predicted x_0 clamped, last
+step to alphas_cumprod[0]); `--convention paper` is the DDIM paper's grid, for comparison. Optional:
+MSE against ground-truth PNGs with the course's pass/fail line (OUT_DIR/mse.json), the report's
+eta-sweep figure (OUT_DIR/eta_sweep.png), the slerp/lerp interpolation figure
+(OUT_DIR/interpolation.png) and both conventions side by side (OUT_DIR/conventions.png + .json).
+Every input is validated before sampling starts.
 """
 import argparse
 import json
 from pathlib import Path
 
-from models.face_ddim import ALPHAS, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
+import torch
+
+from models.face_ddim import ALPHAS, CONVENTIONS, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
 from models.face_unet import load_face_unet
+from utils.cli import check_writable_dir, missing_paths, nonnegative_float, positive_float, positive_int, skip_missing
 from utils.errors import UserError, cli
 from utils.face_io import load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
 from utils.images import labelled_grid
 from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
+PROG = "p2_ddim.py"
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("noise_dir", type=Path, help="folder of noise files NN.pt, each (1, 3, H, W), H, W multiples of 32")
     p.add_argument("out_dir", type=Path, help="where NN.png (and the optional figures and mse.json) go")
     p.add_argument("unet_path", type=Path, help="the course's UNet.pt (a plain state_dict)")
     p.add_argument("--gt-dir", type=Path, default=None,
                    help="folder of ground-truth NN.png: print the MSE (0-255 pixels) and write OUT_DIR/mse.json")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (eq. 16): 0 deterministic, 1 DDPM-like")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps on range(0, 1000, 1000 // steps); divides 1000")
-    p.add_argument("--batch-size", type=int, default=10, help="images sampled together")
+    p.add_argument("--baseline", type=positive_float, default=20.0,
+                   help="with --gt-dir: PASS when the mean MSE is below this (the course's public baseline)")
+    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="ldm",
+                   help="DDIM grid: ldm = the course's ground truth (981, ..., 1, x_0 clamped, last step to "
+                        "alphas_cumprod[0]); paper = the DDIM paper's (980, ..., 0, no clamping, last step to 1)")
+    p.add_argument("--eta", type=nonnegative_float, default=0.0,
+                   help="DDIM eta (eq. 16): 0 deterministic, 1 DDPM-like")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="DDIM steps on range(0, 1000, 1000 // steps) (+1 for ldm); must divide 1000")
+    p.add_argument("--batch-size", type=positive_int, default=10, help="images sampled together")
     p.add_argument("--eta-sweep", action="store_true",
                    help=f"also write OUT_DIR/eta_sweep.png: eta {', '.join(map(str, ETAS))} x the first 4 noises")
     p.add_argument("--interpolation", action="store_true",
                    help="also write OUT_DIR/interpolation.png: slerp and lerp between the first two noises, "
                         "alpha = 0, 0.1, ..., 1")
+    p.add_argument("--compare-conventions", action="store_true",
+                   help="also sample every noise with both conventions (eta 0): OUT_DIR/conventions.png "
+                        "(rows ldm, paper) and conventions.json (the MSE between them)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic noise (eta > 0, eta sweep)")
     add_dtype_flag(p, default="fp32", auto="bf16 on CUDA, fp32 on a CPU; the ground truth was made in fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -54,14 +72,21 @@ def save_figure(images, row_labels, col_labels, title, path: Path) -> None:
     print(f"wrote {path}")
 
 
-@cli('p2_ddim.py')
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+@cli(PROG)
 def main(argv=None):
     args = parse_args(argv)
-    missing = [str(p) for p in (args.noise_dir, args.unet_path, args.gt_dir) if p is not None and not p.exists()]
-    if missing and args.skip_missing:
-        print("p2_ddim.py: skipped, missing: " + ", ".join(missing))
+    inputs = {"noise folder": args.noise_dir, "UNet": args.unet_path, "ground truth": args.gt_dir}
+    if skip_missing(PROG, missing_paths(inputs), args.skip_missing):
         return None
     # everything is read and checked before the first image is sampled
+    if args.gt_dir is not None and args.out_dir.resolve() == args.gt_dir.resolve():
+        raise UserError(f"OUT_DIR {args.out_dir} is the --gt-dir: the ground truth would be overwritten")
+    check_writable_dir(args.out_dir)
     names, x_T = load_noises(args.noise_dir)
     gt = load_ground_truth(args.gt_dir, names, x_T.shape[-2:]) if args.gt_dir else None
     model = load_face_unet(args.unet_path)
@@ -73,9 +98,13 @@ def main(argv=None):
     generator = seed_everything(args.seed)
     model.to(device)
     x_T = x_T.to(device)
-    options = dict(num_steps=args.steps, batch_size=args.batch_size, dtype=resolve_dtype(args.dtype, device), progress=True)
+    dtype = resolve_dtype(args.dtype, device)
+    options = dict(num_steps=args.steps, batch_size=args.batch_size, dtype=dtype, progress=True)
+    setting = {"convention": args.convention, "eta": args.eta, "steps": args.steps,
+               "dtype": str(dtype).removeprefix("torch."), "seed": args.seed}
 
-    images = minmax_uint8(sample_faces(model, x_T, eta=args.eta, generator=generator, **options))
+    x0 = sample_faces(model, x_T, eta=args.eta, generator=generator, convention=args.convention, **options)
+    images = minmax_uint8(x0)
     for path in save_pngs(images, names, args.out_dir):
         print(f"wrote {path}")
 
@@ -83,21 +112,36 @@ def main(argv=None):
         mse = mse_255(images, gt)
         for name, value in zip(names, mse):
             print(f"{name}.png  MSE {value:.3f}")
-        print(f"mean MSE {mse.mean():.3f} over {len(mse)} images")
-        report = {"per_image": dict(zip(names, mse.tolist())), "mean": float(mse.mean()),
-                  "eta": args.eta, "steps": args.steps, "dtype": args.dtype}
-        (args.out_dir / "mse.json").write_text(json.dumps(report, indent=2))
+        mean, passed = float(mse.mean()), bool(mse.mean() < args.baseline)
+        print(f"mean MSE {mean:.3f} over {len(mse)} images ({args.convention} convention)")
+        print(f"{'PASS' if passed else 'FAIL'}: mean MSE {mean:.3f} {'<' if passed else '>='} baseline {args.baseline:g}")
+        write_json(args.out_dir / "mse.json", {"per_image": dict(zip(names, mse.tolist())), "mean": mean,
+                                               "baseline": args.baseline, "passed": passed, **setting})
 
     if args.eta_sweep:
-        rows = eta_sweep(model, x_T[:4], ETAS, seed=args.seed, **options)
+        rows = eta_sweep(model, x_T[:4], ETAS, seed=args.seed, convention=args.convention, **options)
         save_figure(rows, [f"eta={e:g}" for e in ETAS], names[:4],
-                    f"DDIM {args.steps} steps, eta sweep (seed {args.seed})", args.out_dir / "eta_sweep.png")
+                    f"DDIM {args.steps} steps ({args.convention}), eta sweep (seed {args.seed})",
+                    args.out_dir / "eta_sweep.png")
     if args.interpolation:
         noises = interpolated_noises(x_T[0], x_T[1], ALPHAS)  # (2, 11, 3, H, W)
-        x0 = sample_faces(model, noises.flatten(0, 1), eta=0.0, **options).view(noises.shape)
+        x0 = sample_faces(model, noises.flatten(0, 1), eta=0.0, convention=args.convention,
+                          **options).view(noises.shape)
         save_figure(x0, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
-                    f"x_T from {names[0]} (alpha 0) to {names[1]} (alpha 1), DDIM eta 0",
+                    f"x_T from {names[0]} (alpha 0) to {names[1]} (alpha 1), DDIM eta 0 ({args.convention})",
                     args.out_dir / "interpolation.png")
+    if args.compare_conventions:
+        both = {c: x0 if (c, args.eta) == (args.convention, 0) else
+                sample_faces(model, x_T, eta=0.0, convention=c, **options) for c in ("ldm", "paper")}
+        mse = mse_255(minmax_uint8(both["ldm"]), minmax_uint8(both["paper"]))
+        print(f"ldm vs paper convention: mean MSE {mse.mean():.3f} (0-255 pixels) over {len(mse)} images")
+        save_figure(torch.stack([both["ldm"], both["paper"]]), ["ldm", "paper"], names,
+                    f"DDIM {args.steps} steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; "
+                    f"mean MSE {mse.mean():.2f}", args.out_dir / "conventions.png")
+        write_json(args.out_dir / "conventions.json",
+                   {"per_image": dict(zip(names, mse.tolist())), "mean": float(mse.mean()),
+                    "steps": args.steps, "dtype": setting["dtype"]})
+    return images
 
 
 if __name__ == "__main__":

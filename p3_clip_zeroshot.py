@@ -11,24 +11,20 @@ import json
 import time
 from pathlib import Path
 
-from models.clip_zeroshot import (
-    DEFAULT_TEMPLATES,
-    MissingWeightsError,
-    classify,
-    load_clip,
-    read_templates,
-    resolve_model,
-    resolve_weights,
-    summarise,
-    text_embeddings,
-)
-from utils.clip_data import cases_figure, label_words, list_val_images, read_id2label
+import torch
+
+from models.clip_weights import MissingWeightsError, resolve_weights
+from models.clip_zeroshot import DEFAULT_TEMPLATES, classify, load_clip, read_templates, resolve_model, text_embeddings
+from utils.cli import check_writable_dir, missing_paths, nonnegative_int, positive_int, skip_missing
+from utils.clip_data import ValImage, cases_figure, label_words, list_val_images, read_id2label
 from utils.errors import UserError, cli
 from utils.runtime import pick_device, seed_everything
 
+PROG = "p3_clip_zeroshot.py"
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("val_dir", type=Path, help="folder of {class_id}_{image_id}.png images")
     p.add_argument("id2label", type=Path, help='json {"class_id": "label", ...}')
     p.add_argument("out_dir", type=Path, help="where results.json, predictions.csv and cases.png go")
@@ -38,32 +34,66 @@ def parse_args(argv=None):
     p.add_argument("--templates", type=Path, default=None,
                    help=f"file of prompt templates, one per line with {{}} for the label, averaged "
                         f"(prompt ensembling); default: the single template {DEFAULT_TEMPLATES[0]!r}")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--num-cases", type=int, default=5, help="successes and failures to report and draw")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--num-cases", type=nonnegative_int, default=5, help="successes and failures to report and draw")
     p.add_argument("--skip-missing", action="store_true",
                    help="if the images, the json or the weights are missing, say which and exit 0 (for run_all.sh)")
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of cases")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.num_cases < 0:
-        p.error("--batch-size must be at least 1 and --num-cases at least 0")
-    return args
+    return p.parse_args(argv)
 
 
-def missing_inputs(args, model_name: str) -> list[str]:
-    missing = [f"{path}: not found" for path in (args.val_dir, args.id2label) if not path.exists()]
+def missing_inputs(val_dir: Path, id2label: Path, model_name: str, pretrained: str) -> list[str]:
+    """What is absent: the images, the json, the weights (with where to put them)."""
+    missing = missing_paths({"validation images": val_dir, "id2label json": id2label})
     try:
-        resolve_weights(model_name, args.pretrained)
+        resolve_weights(model_name, pretrained)
     except MissingWeightsError as e:
         missing.append(str(e))
     return missing
 
 
-def run(args):
+def summarise(images: list[ValImage], probs: torch.Tensor, id2label: dict[int, str], num_cases: int,
+              generator: torch.Generator) -> tuple[dict, list[dict]]:
+    """Accuracy, top-5 accuracy, per-class accuracy and `num_cases` random successes and failures
+    (`results.json`), and one row per image (`predictions.csv`). Class index i is `sorted(id2label)[i]`."""
+    class_ids = sorted(id2label)
+    words = [label_words(id2label[c]) for c in class_ids]
+    top_p, top_i = probs.topk(min(5, len(class_ids)), dim=-1)
+    rows = []
+    for item, p, ps, idx in zip(images, probs, top_p.tolist(), top_i.tolist()):
+        true = class_ids.index(item.class_id)
+        rows.append({"file": item.path.name, "true_id": item.class_id, "true_label": words[true],
+                     "pred_id": class_ids[idx[0]], "pred_label": words[idx[0]], "probability": ps[0],
+                     "true_probability": p[true].item(), "correct": idx[0] == true, "top5_correct": true in idx,
+                     "top5_ids": " ".join(str(class_ids[i]) for i in idx)})
+    per_class = {}
+    for c, w in zip(class_ids, words):
+        hits = [r["correct"] for r in rows if r["true_id"] == c]
+        per_class[w] = {"class_id": c, "n": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
+
+    def pick(pool):
+        chosen = sorted(torch.randperm(len(pool), generator=generator)[:num_cases].tolist())
+        return [{k: pool[i][k] for k in ("file", "true_label", "pred_label", "probability", "true_probability")}
+                for i in chosen]
+
+    n = len(rows)
+    results = {"n": n, "accuracy": sum(r["correct"] for r in rows) / n,
+               "top5_accuracy": sum(r["top5_correct"] for r in rows) / n, "n_classes": len(class_ids),
+               "per_class": per_class,
+               "successes": pick([r for r in rows if r["correct"]]),
+               "failures": pick([r for r in rows if not r["correct"]])}
+    return results, rows
+
+
+@cli(PROG)
+def main(argv=None):
+    args = parse_args(argv)
     model_name = resolve_model(args.model)
-    if args.skip_missing and (missing := missing_inputs(args, model_name)):
-        print("p3_clip_zeroshot.py: skipped, missing:\n- " + "\n- ".join(missing))
+    missing = missing_inputs(args.val_dir, args.id2label, model_name, args.pretrained) if args.skip_missing else []
+    if skip_missing(PROG, missing, args.skip_missing):
         return None
+    check_writable_dir(args.out_dir)
     id2label = read_id2label(args.id2label)
     images, ignored = list_val_images(args.val_dir, id2label)
     if ignored:
@@ -102,12 +132,6 @@ def run(args):
           + (f", {len(skipped)} unreadable image(s) skipped" if skipped else "")
           + f"; {len(rows) / seconds:.1f} images/s; wrote {args.out_dir}/results.json, predictions.csv, cases.png")
     return results
-
-
-@cli('p3_clip_zeroshot.py')
-def main(argv=None):
-    args = parse_args(argv)
-    return run(args)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,11 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def diffusers_loop(model, x_T: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """The same DDIM sampling with diffusers' DDIMScheduler, configured to the course's spacing."""
+    """The same DDIM sampling with diffusers' DDIMScheduler, configured to the course's ldm convention
+    (Stable Diffusion v1's settings: 981, ..., 1, x_0 clamped, last step to alphas_cumprod[0])."""
     scheduler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_STEPS, beta_schedule="linear", beta_start=1e-4,
-                              beta_end=0.02, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
-                              timestep_spacing="leading")
+                              beta_end=0.02, clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=False,
+                              steps_offset=1, timestep_spacing="leading")
     scheduler.set_timesteps(num_steps)
     x = x_T
     for t in scheduler.timesteps:

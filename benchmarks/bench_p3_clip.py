@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clip_zeroshot import DEFAULT_TEMPLATES, Weights, image_logits, load_clip, resolve_model, text_embeddings  # noqa: E402
+from models.clip_weights import Weights  # noqa: E402
+from models.clip_zeroshot import DEFAULT_TEMPLATES, image_logits, load_clip, resolve_model, text_embeddings  # noqa: E402
 from utils.runtime import pick_device, seed_everything  # noqa: E402
 
 

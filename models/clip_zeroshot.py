@@ -1,41 +1,25 @@
 """CLIP zero-shot classification (Radford et al. 2021, sec. 3.1) with open_clip, fully offline.
 
-`resolve_weights` finds the weights without downloading anything: a local file, or an open_clip
-pretrained tag whose file is already in open_clip's URL cache or the Hugging Face cache. Anything
-else is a `MissingWeightsError` that says which file to put where.
+The weights are found by `models.clip_weights.resolve_weights` (never downloaded); this module builds
+the model from them, embeds the prompts and classifies images.
 """
 import json
-import os
-import zipfile
-from dataclasses import dataclass, field
+import pickle
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from huggingface_hub import try_to_load_from_cache
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from tqdm import tqdm
 
-from utils.clip_data import ValImage, label_words, load_rgb
+from models.clip_weights import Weights, torchscript_state_dict
+from utils.checkpoint import load_state_dict_strict
+from utils.clip_data import ValImage, load_rgb
 from utils.errors import UserError
 
 DEFAULT_TEMPLATES = ("A photo of {}.",)
 URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps the files it downloads by URL
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
-
-
-
-class MissingWeightsError(UserError):
-    """The weights are not on this machine; the message says which file to put where."""
-
-
-@dataclass
-class Weights:
-    path: Path | None  # None: random initialisation (benchmarks only)
-    quick_gelu: bool = False  # OpenAI's CLIPs use QuickGELU; open_clip's plain configs do not
-    preprocess: dict = field(default_factory=dict)  # a pretrained tag's mean / std / interpolation / resize_mode
-    weights_only: bool = True
 
 
 def resolve_model(model: str) -> str:
@@ -59,87 +43,22 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def is_torchscript(path: Path) -> bool:
-    """OpenAI's own CLIP releases (e.g. ViT-B-32.pt) are TorchScript archives."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(name.split("/")[-1] == "constants.pkl" for name in z.namelist())
-
-
-def _hf_files(cfg: dict) -> tuple[str, list[str]]:
-    """(repo id, candidate file names) of a pretrained tag's Hugging Face entry, as open_clip reads it."""
-    repo, filename = os.path.split(cfg["hf_hub"])  # 'org/repo/' names open_clip's default file
-    if not filename:
-        return repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    if filename.endswith((".bin", ".pth")):  # open_clip tries the .safetensors twin first
-        return repo, [filename[:-4] + ".safetensors", filename]
-    return repo, [filename]
-
-
-def cached_tag_file(cfg: dict) -> Path | None:
-    """The file of a pretrained tag if it is already in the Hugging Face cache or open_clip's URL cache."""
-    if cfg.get("hf_hub"):
-        repo, names = _hf_files(cfg)
-        for name in names:
-            hit = try_to_load_from_cache(repo, name)
-            if isinstance(hit, str):
-                return Path(hit)
-    if cfg.get("url"):
-        local = URL_CACHE.expanduser() / os.path.basename(cfg["url"])
-        if local.is_file():
-            return local
-    return None
-
-
-def missing_weights_message(model_name: str, tag: str, cfg: dict) -> str:
-    lines = [f"the weights of {model_name} '{tag}' are not on this machine, and nothing is downloaded here. Either"]
-    if cfg.get("url"):
-        name = os.path.basename(cfg["url"])
-        lines.append(f"  - put {cfg['url']} at {URL_CACHE / name}, or pass it with --pretrained /path/to/{name}")
-    if cfg.get("hf_hub"):
-        repo, names = _hf_files(cfg)
-        # a state-dict file does not say it needs QuickGELU; the `-quickgelu` config does
-        quick = cfg.get("quick_gelu") and not open_clip.get_model_config(model_name).get("quick_gelu")
-        flags = (f"--model {model_name}-quickgelu " if quick else "") + f"--pretrained /path/to/{names[0]}"
-        lines.append(f"  - put {names[0]} of the Hugging Face repository {repo} in the Hugging Face cache "
-                     f"(`huggingface-cli download {repo} {names[0]}` on a machine with network, then copy "
-                     f"~/.cache/huggingface/hub), or pass it with {flags}")
-    return "\n".join(lines)
-
-
-def resolve_weights(model_name: str, pretrained: str | None) -> Weights:
-    """`pretrained`: a local weights file, an open_clip tag already cached, or None for random weights."""
-    if pretrained is None:
-        return Weights(None)
-    path = Path(pretrained).expanduser()
-    if path.is_file():
-        if is_torchscript(path):  # an OpenAI release: QuickGELU, and torch.load needs weights_only=False
-            return Weights(path, quick_gelu=True, weights_only=False)
-        return Weights(path)
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise MissingWeightsError(f"{pretrained}: no such weights file, and not an open_clip pretrained tag of "
-                                  f"{model_name} (its tags: {', '.join(tags) or 'none'})")
-    local = cached_tag_file(cfg)
-    if local is None:
-        raise MissingWeightsError(missing_weights_message(model_name, pretrained, cfg))
-    jit = is_torchscript(local)
-    return Weights(local, quick_gelu=cfg.get("quick_gelu", False) or jit, weights_only=not jit,
-                   preprocess={k: cfg[k] for k in PREPROCESS_KEYS if k in cfg})
-
-
 def load_clip(model_name: str, weights: Weights, device: torch.device):
-    """(model in eval mode, the model's own eval preprocessing, tokenizer), built from local files only."""
+    """(model in eval mode, the model's own eval preprocessing, tokenizer), built from local files only.
+
+    A state-dict file goes through open_clip's loader with `weights_only=True`; an OpenAI TorchScript
+    release is read with `torch.jit.load` and its weights loaded strictly into the open_clip model.
+    """
+    file = None if weights.path is None or weights.torchscript else str(weights.path)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=None if weights.path is None else str(weights.path), device=device,
-            force_quick_gelu=weights.quick_gelu, weights_only=weights.weights_only,
+            model_name, pretrained=file, device=device, force_quick_gelu=weights.quick_gelu, weights_only=True,
             pretrained_text=False,  # never fetch a Hugging Face text tower's own weights
             **{f"image_{k}": v for k, v in weights.preprocess.items()})
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except (RuntimeError, ValueError, KeyError, OSError, pickle.UnpicklingError) as e:
         raise UserError(f"cannot load {weights.path} into {model_name}: {str(e)[:500]}") from None
+    if weights.torchscript:
+        load_state_dict_strict(model, torchscript_state_dict(weights.path), f"{weights.path}")
     return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
 
 
@@ -204,36 +123,3 @@ def classify(model, preprocess, text_emb: torch.Tensor, images: list[ValImage], 
             probs.append(image_logits(model, torch.stack(tensors).to(device), text_emb).softmax(-1).cpu())
             kept += batch
     return kept, torch.cat(probs) if probs else torch.empty(0, len(text_emb)), skipped
-
-
-def summarise(images: list[ValImage], probs: torch.Tensor, id2label: dict[int, str], num_cases: int,
-              generator: torch.Generator) -> tuple[dict, list[dict]]:
-    """Accuracy, top-5 accuracy, per-class accuracy and `num_cases` random successes and failures
-    (`results.json`), and one row per image (`predictions.csv`). Class index i is `sorted(id2label)[i]`."""
-    class_ids = sorted(id2label)
-    words = [label_words(id2label[c]) for c in class_ids]
-    top_p, top_i = probs.topk(min(5, len(class_ids)), dim=-1)
-    rows = []
-    for item, p, ps, idx in zip(images, probs, top_p.tolist(), top_i.tolist()):
-        true = class_ids.index(item.class_id)
-        rows.append({"file": item.path.name, "true_id": item.class_id, "true_label": words[true],
-                     "pred_id": class_ids[idx[0]], "pred_label": words[idx[0]], "probability": ps[0],
-                     "true_probability": p[true].item(), "correct": idx[0] == true, "top5_correct": true in idx,
-                     "top5_ids": " ".join(str(class_ids[i]) for i in idx)})
-    per_class = {}
-    for c, w in zip(class_ids, words):
-        hits = [r["correct"] for r in rows if r["true_id"] == c]
-        per_class[w] = {"class_id": c, "n": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
-
-    def pick(pool):
-        chosen = sorted(torch.randperm(len(pool), generator=generator)[:num_cases].tolist())
-        return [{k: pool[i][k] for k in ("file", "true_label", "pred_label", "probability", "true_probability")}
-                for i in chosen]
-
-    n = len(rows)
-    results = {"n": n, "accuracy": sum(r["correct"] for r in rows) / n,
-               "top5_accuracy": sum(r["top5_correct"] for r in rows) / n, "n_classes": len(class_ids),
-               "per_class": per_class,
-               "successes": pick([r for r in rows if r["correct"]]),
-               "failures": pick([r for r in rows if not r["correct"]])}
-    return results, rows

@@ -2,8 +2,17 @@
 
 The schedule and the sampler are P1's (`models.diffusion`); this module only fixes the course's
 choices and adds batching, mixed precision and the eta / interpolation figures' inputs.
+
+Two DDIM conventions (`CONVENTIONS`):
+- "ldm" (the default) made the course's ground truth: CompVis latent-diffusion's DDIM sampler,
+  which the course's template ships. It visits t = 981, 961, ..., 21, 1 (`range(0, 1000, 20) + 1`),
+  clamps the predicted x_0 to [-1, 1] at every step, and its last step goes to alphas_cumprod[0],
+  not to 1. This is diffusers' DDIMScheduler with Stable Diffusion v1's settings
+  (`timestep_spacing="leading"`, `steps_offset=1`, `clip_sample=True`, `set_alpha_to_one=False`).
+- "paper" is the DDIM paper's grid: t = 980, ..., 20, 0, no clamping, the last step to alpha_bar = 1.
 """
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -21,37 +30,58 @@ def course_alpha_bar() -> torch.Tensor:
     return alphas_cumprod(linear_betas(NUM_TRAIN_STEPS, 1e-4, 2e-2))
 
 
-def course_timesteps(num_steps: int = 50) -> list[int]:
-    """range(0, 1000, 1000 // num_steps) downwards: 980, 960, ..., 0 for 50 steps.
+@dataclass(frozen=True)
+class Convention:
+    """Where a DDIM grid sits and how its steps end: see the module docstring."""
+    offset: int  # added to range(0, 1000, 1000 // steps)
+    clip_x0: float | None  # clamp the predicted x_0 to [-clip_x0, clip_x0]
+    last_to_one: bool  # the last step goes to alpha_bar = 1 (else to alphas_cumprod[0])
+
+
+CONVENTIONS = {"ldm": Convention(offset=1, clip_x0=1.0, last_to_one=False),
+               "paper": Convention(offset=0, clip_x0=None, last_to_one=True)}
+
+
+def course_timesteps(num_steps: int = 50, convention: str = "ldm") -> list[int]:
+    """range(0, 1000, 1000 // num_steps) + offset, downwards: 981, 961, ..., 1 for 50 steps ("ldm"),
+    980, 960, ..., 0 ("paper").
 
     num_steps must divide 1000; otherwise that range holds more than num_steps timesteps.
     """
     if num_steps < 1 or NUM_TRAIN_STEPS % num_steps:
         raise ValueError(f"the number of DDIM steps must divide {NUM_TRAIN_STEPS}, got {num_steps}")
-    return spaced_timesteps(NUM_TRAIN_STEPS, num_steps)
+    return spaced_timesteps(NUM_TRAIN_STEPS, num_steps, CONVENTIONS[convention].offset)
 
 
-def sample_faces(model, x_T: torch.Tensor, *, eta: float = 0.0, num_steps: int = 50,
+def ddim_options(num_steps: int = 50, convention: str = "ldm") -> dict:
+    """The keyword arguments of `ddim_sample` for a convention: timesteps, clip_x0, final_alpha_bar."""
+    conv = CONVENTIONS[convention]
+    return {"timesteps": course_timesteps(num_steps, convention), "clip_x0": conv.clip_x0,
+            "final_alpha_bar": 1.0 if conv.last_to_one else course_alpha_bar()[0].item()}
+
+
+def sample_faces(model, x_T: torch.Tensor, *, eta: float = 0.0, num_steps: int = 50, convention: str = "ldm",
                  generator: torch.Generator | None = None, batch_size: int | None = None,
                  dtype: torch.dtype = torch.float32, progress: bool = False) -> torch.Tensor:
     """x_0 (N, 3, H, W) float32 on the CPU from the noises x_T (N, 3, H, W), in chunks of batch_size.
 
-    x_T lies on the model's device. Timesteps `range(0, 1000, 1000 // num_steps)` visited
-    downwards (`course_timesteps`). For eta > 0 the noise of every step is drawn for
-    the whole batch before sampling, from `generator` on the CPU, so a seed gives the same images
-    whatever the batch size and device (at the cost of (steps - 1) noise tensors in memory).
+    x_T lies on the model's device; `convention` is a key of CONVENTIONS. For eta > 0 the noise of
+    every step is drawn for the whole batch before sampling, from `generator` on the CPU, so a seed
+    gives the same images whatever the batch size and device (one (N, 3, H, W) tensor per step, but
+    none for a last step that lands on alpha_bar = 1, where sigma = 0).
     """
     alpha_bar = course_alpha_bar()
-    timesteps = course_timesteps(num_steps)
+    options = ddim_options(num_steps, convention)
     noises = None
-    if eta > 0:  # (steps - 1) x (N, 3, H, W); the last step is deterministic
-        noises = [torch.randn(x_T.shape, generator=generator) for _ in timesteps[:-1]]
+    if eta > 0:
+        noisy_steps = num_steps - 1 if options["final_alpha_bar"] == 1.0 else num_steps
+        noises = [torch.randn(x_T.shape, generator=generator) for _ in range(noisy_steps)]
     denoiser = Autocast(model, dtype)
     batch_size = batch_size or len(x_T)
     out = []
     for start in range(0, len(x_T), batch_size):
         chunk = slice(start, start + batch_size)
-        x = ddim_sample(denoiser, x_T[chunk].float(), alpha_bar, timesteps=timesteps, eta=eta,
+        x = ddim_sample(denoiser, x_T[chunk].float(), alpha_bar, eta=eta, **options,
                         noises=None if noises is None else [n[chunk] for n in noises], progress=progress)
         out.append(x.float().cpu())
     return torch.cat(out)

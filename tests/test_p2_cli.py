@@ -12,8 +12,10 @@ from PIL import Image
 from torchvision.utils import save_image
 
 import p2_ddim
-from models.face_unet import FaceUNet
-from utils.face_io import minmax_uint8
+from models.face_ddim import ALPHAS, ETAS, eta_sweep, interpolated_noises, sample_faces
+from models.face_unet import FaceUNet, load_face_unet
+from utils.face_io import load_noises, minmax_uint8
+from utils.images import grid_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["00", "01", "02", "03"]
@@ -65,17 +67,97 @@ def test_writes_one_png_per_noise_and_scores_mse(files, tmp_path):
     assert report["mean"] == pytest.approx(expected_01 / 4)
 
 
-def test_report_figures(files, tmp_path):
+def sweep_options(**extra):
+    return dict(num_steps=2, batch_size=10, dtype=torch.float32, **extra)
+
+
+def test_report_figures_hold_the_sampled_images_in_order(files, tmp_path):
     out = tmp_path / "out"
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2",
                   "--eta-sweep", "--interpolation", "--seed", "1"])
-    sweep, interp = Image.open(out / "eta_sweep.png"), Image.open(out / "interpolation.png")
-    assert sweep.width > 4 * 128 and sweep.height > 5 * 128  # 5 rows x 4 columns of 128-pixel tiles
-    assert interp.width > 11 * 128 and 2 * 128 < interp.height < 3 * 128
+    model = load_face_unet(files / "UNet.pt")
+    _, x_T = load_noises(files / "noise")
+    rows = eta_sweep(model, x_T[:4], ETAS, seed=1, **sweep_options())  # (5, 4, 3, 64, 64)
+    expected = minmax_uint8(rows.flatten(0, 1)).reshape(5, 4, 64, 64, 3)
+    tiles = grid_tiles(out / "eta_sweep.png", expected.shape, [f"eta={e:g}" for e in ETAS], NAMES,
+                       "DDIM 2 steps (ldm), eta sweep (seed 1)", scale=2)
+    np.testing.assert_array_equal(tiles, expected)
+    assert not np.array_equal(tiles[0], tiles[-1])  # eta changes the images
+
+    noises = interpolated_noises(x_T[0], x_T[1], ALPHAS)
+    x0 = sample_faces(model, noises.flatten(0, 1), **sweep_options())
+    expected = minmax_uint8(x0).reshape(2, 11, 64, 64, 3)
+    tiles = grid_tiles(out / "interpolation.png", expected.shape, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
+                       "x_T from 00 (alpha 0) to 01 (alpha 1), DDIM eta 0 (ldm)", scale=2)
+    np.testing.assert_array_equal(tiles, expected)
+    np.testing.assert_array_equal(tiles[0, 0], read(out / "00.png"))  # alpha 0 is the first noise itself
+    np.testing.assert_array_equal(tiles[1, -1], read(out / "01.png"))
+
     first = read(out / "eta_sweep.png")
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--eta-sweep",
                   "--seed", "1"])
     np.testing.assert_array_equal(read(out / "eta_sweep.png"), first)  # reproducible
+
+
+def test_conventions_side_by_side(files, tmp_path, capsys):
+    ldm, paper = tmp_path / "ldm", tmp_path / "paper"
+    p2_ddim.main([str(files / "noise"), str(paper), str(files / "UNet.pt"), "--steps", "2", "--convention", "paper"])
+    p2_ddim.main([str(files / "noise"), str(ldm), str(files / "UNet.pt"), "--steps", "2", "--compare-conventions"])
+    said = capsys.readouterr().out
+    expected = np.stack([np.stack([read(folder / f"{n}.png") for n in NAMES]) for folder in (ldm, paper)])
+    assert not np.array_equal(expected[0], expected[1])  # the two conventions give other images
+    report = json.loads((ldm / "conventions.json").read_text())
+    mse = ((expected[0].astype(np.float64) - expected[1]) ** 2).mean(axis=(1, 2, 3))
+    assert report["per_image"] == pytest.approx(dict(zip(NAMES, mse)))
+    assert report["mean"] == pytest.approx(mse.mean()) and f"mean MSE {mse.mean():.3f}" in said
+    title = f"DDIM 2 steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; mean MSE {mse.mean():.2f}"
+    tiles = grid_tiles(ldm / "conventions.png", expected.shape, ["ldm", "paper"], NAMES, title, scale=2)
+    np.testing.assert_array_equal(tiles, expected)
+
+
+def test_mse_pass_fail_against_the_baseline(files, tmp_path, capsys):
+    out, gt = tmp_path / "out", tmp_path / "gt"
+    p2_ddim.main([str(files / "noise"), str(gt), str(files / "UNet.pt"), "--steps", "2"])
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(gt / "03.png")
+    p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt)])
+    report = json.loads((out / "mse.json").read_text())
+    mse_03 = (read(out / "03.png").astype(np.float64) ** 2).mean()
+    assert report["per_image"] == pytest.approx({"00": 0.0, "01": 0.0, "02": 0.0, "03": mse_03})
+    assert report["convention"] == "ldm" and report["baseline"] == 20 and report["passed"] is False
+    assert f"FAIL: mean MSE {mse_03 / 4:.3f} >= baseline 20" in capsys.readouterr().out
+    p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt),
+                  "--baseline", str(mse_03)])
+    assert json.loads((out / "mse.json").read_text())["passed"] is True
+    assert f"PASS: mean MSE {mse_03 / 4:.3f} < baseline" in capsys.readouterr().out
+
+
+def test_out_dir_equal_to_gt_is_refused_and_gt_untouched(files, tmp_path, cli_error):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for n in NAMES:
+        (gt / f"{n}.png").write_bytes(b"course ground truth")
+    with cli_error("is the --gt-dir: the ground truth would be overwritten"):
+        p2_ddim.main([str(files / "noise"), str(tmp_path / "gt" / "."), str(files / "UNet.pt"), "--gt-dir", str(gt)])
+    assert all((gt / f"{n}.png").read_bytes() == b"course ground truth" for n in NAMES)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eta", "nan"], "argument --eta: 'nan' is not a finite number"),
+    (["--eta", "-0.5"], "argument --eta: -0.5 is out of range"),
+    (["--batch-size", "0"], "argument --batch-size: 0 is out of range"),
+    (["--steps", "0"], "argument --steps: 0 is out of range"),
+    (["--baseline", "0"], "argument --baseline: 0 is out of range")])
+def test_bad_flags_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        p2_ddim.parse_args(["noise", "out", "UNet.pt", *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unwritable_out_dir_is_found_before_sampling(files, tmp_path, cli_error, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(p2_ddim, "sample_faces", lambda *a, **k: pytest.fail("sampled before checking OUT_DIR"))
+    with cli_error("is a file, not a folder"):
+        p2_ddim.main([str(files / "noise"), str(tmp_path / "file" / "out"), str(files / "UNet.pt")])
 
 
 @pytest.mark.parametrize("bad", [b"garbage", {"x": 1}, torch.zeros(1, 3, 64, 48), torch.zeros(1, 3, 32, 32)])

@@ -1,7 +1,9 @@
 """P3 CLIP zero-shot: the CLI against a direct computation with a tiny random open_clip model (no download)."""
+import contextlib
 import csv
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -13,7 +15,8 @@ from PIL import Image
 from torch import nn
 
 import p3_clip_zeroshot
-from models.clip_zeroshot import DEFAULT_TEMPLATES, prompts, resolve_model, resolve_weights, text_embeddings
+from models.clip_weights import resolve_weights
+from models.clip_zeroshot import DEFAULT_TEMPLATES, prompts, resolve_model, text_embeddings
 from utils.clip_data import label_words
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_clip.json"
@@ -254,3 +257,29 @@ def test_openai_torchscript_file_loads_with_quick_gelu(setup, tmp_path):
         same = torch.allclose(probability, logits.softmax(-1).max(-1).values, rtol=1e-4, atol=0)
         assert same == quick_gelu  # OpenAI's CLIPs use QuickGELU, and the test can tell the two apart
     assert results["pretrained"] == str(archive)
+
+
+class _Payload:
+    """Unpickling this touches `path`: stands for arbitrary code hidden in a crafted weights file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("entry", ["constants.pkl", "deeper/constants.pkl"])
+def test_crafted_weights_file_never_runs_code(setup, tmp_path, cli_error, entry):
+    """A torch zip whose pickle runs code, dressed up as an OpenAI TorchScript release."""
+    marker, crafted = tmp_path / "code_ran", tmp_path / "crafted.pt"
+    torch.save({"state_dict": _Payload(marker)}, crafted)
+    with zipfile.ZipFile(crafted, "a") as z:
+        z.writestr(f"crafted/{entry}", b"")  # inside the archive's own top folder
+    with cli_error(str(crafted)):
+        run_cli(setup, tmp_path / "out", "--pretrained", str(crafted))
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    if "/" in entry:  # the file really is hostile: an unrestricted unpickler runs its code
+        with contextlib.suppress(Exception):
+            torch.load(crafted, weights_only=False)
+        assert marker.exists()

@@ -72,3 +72,20 @@ def staged_dir(final: Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def missing_paths(inputs: dict[str, Path | None]) -> list[str]:
+    """'what: path' for every given input path that does not exist (None entries are not asked for)."""
+    return [f"{what}: {path}" for what, path in inputs.items() if path is not None and not Path(path).exists()]
+
+
+def skip_missing(prog: str, missing: list[str], skip: bool, hint: str = "") -> bool:
+    """The one `--skip-missing` rule: nothing missing -> False (go on); missing and `skip` -> say what
+    is missing and return True (the caller returns without writing); missing otherwise -> UserError."""
+    if not missing:
+        return False
+    listing = "\n- " + "\n- ".join(missing)
+    if skip:
+        print(f"{prog}: skipped, missing:{listing}")
+        return True
+    raise UserError(f"missing:{listing}" + (f"\n({hint})" if hint else ""))

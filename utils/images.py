@@ -23,10 +23,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def labelled_grid(tiles: np.ndarray, row_labels=None, col_labels=None, title: str | None = None,
-                  scale: int = 3, pad: int = 2) -> Image.Image:
-    """A figure of tiles (R, C, H, W, 3) uint8 with optional row/column labels and a title."""
-    rows, cols, h, w, _ = tiles.shape
+def _layout(shape, row_labels, col_labels, title, scale, pad) -> dict:
+    """Where labelled_grid puts everything: font, figure size and each tile's top-left corner."""
+    rows, cols, h, w = shape[:4]
     h, w = h * scale, w * scale
     font_size = max(12, min(h, 40) // 2)
     font = _font(font_size)
@@ -35,17 +34,36 @@ def labelled_grid(tiles: np.ndarray, row_labels=None, col_labels=None, title: st
     width = left + cols * (w + pad) + pad
     if title is not None:
         width = max(width, font.getbbox(title)[2] + left + 2 * pad)
-    fig = Image.new("RGB", (width, top + rows * (h + pad) + pad), "white")
+    corners = [[(left + pad + c * (w + pad), top + pad + r * (h + pad)) for c in range(cols)] for r in range(rows)]
+    return {"font": font, "font_size": font_size, "left": left, "top": top, "h": h, "w": w,
+            "size": (width, top + rows * (h + pad) + pad), "corners": corners}
+
+
+def labelled_grid(tiles: np.ndarray, row_labels=None, col_labels=None, title: str | None = None,
+                  scale: int = 3, pad: int = 2) -> Image.Image:
+    """A figure of tiles (R, C, H, W, 3) uint8 with optional row/column labels and a title."""
+    L = _layout(tiles.shape, row_labels, col_labels, title, scale, pad)
+    font, h, w, left, top = L["font"], L["h"], L["w"], L["left"], L["top"]
+    fig = Image.new("RGB", L["size"], "white")
     draw = ImageDraw.Draw(fig)
     if title is not None:
         draw.text((left + pad, 2), title, fill="black", font=font)
     for c, label in enumerate(col_labels or []):
-        draw.text((left + pad + c * (w + pad) + w // 2, top - 4), str(label), fill="black", font=font, anchor="mb")
-    for r in range(rows):
-        y = top + pad + r * (h + pad)
+        draw.text((L["corners"][0][c][0] + w // 2, top - 4), str(label), fill="black", font=font, anchor="mb")
+    for r, row in enumerate(L["corners"]):
         if row_labels is not None:
-            draw.text((left - 4, y + h // 2), str(row_labels[r]), fill="black", font=font, anchor="rm")
-        for c in range(cols):
-            tile = Image.fromarray(tiles[r, c]).resize((w, h), Image.NEAREST)
-            fig.paste(tile, (left + pad + c * (w + pad), y))
+            draw.text((left - 4, row[0][1] + h // 2), str(row_labels[r]), fill="black", font=font, anchor="rm")
+        for c, corner in enumerate(row):
+            fig.paste(Image.fromarray(tiles[r, c]).resize((w, h), Image.NEAREST), corner)
     return fig
+
+
+def grid_tiles(figure: Image.Image | Path, shape, row_labels=None, col_labels=None, title: str | None = None,
+               scale: int = 3, pad: int = 2) -> np.ndarray:
+    """The tiles (R, C, H, W, 3) that `labelled_grid` called with these arguments drew into `figure`,
+    read back from the image (one pixel per scaled tile pixel): for tests that check a figure's content."""
+    fig = np.asarray(Image.open(figure).convert("RGB") if isinstance(figure, (str, Path)) else figure.convert("RGB"))
+    L = _layout(shape, row_labels, col_labels, title, scale, pad)
+    if (fig.shape[1], fig.shape[0]) != L["size"]:
+        raise ValueError(f"figure is {fig.shape[1]}x{fig.shape[0]}, the layout {L['size'][0]}x{L['size'][1]}")
+    return np.stack([np.stack([fig[y:y + L["h"]:scale, x:x + L["w"]:scale] for x, y in row]) for row in L["corners"]])
