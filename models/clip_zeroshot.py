@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from models.clip_weights import Weights, torchscript_state_dict
 from utils.checkpoint import load_state_dict_strict
-from utils.clip_data import ValImage, load_rgb
+from utils.clip_data import ValImage
 from utils.errors import UserError
+from utils.images import load_rgb
 
 DEFAULT_TEMPLATES = ("A photo of {}.",)
 URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps the files it downloads by URL

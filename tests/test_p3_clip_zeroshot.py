@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 import p3_clip_zeroshot
 from models.clip_weights import resolve_weights
 from models.clip_zeroshot import DEFAULT_TEMPLATES, prompts, resolve_model, text_embeddings
-from utils.clip_data import label_words
+from utils.clip_data import case_tile, cases_layout, label_words
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_clip.json"
 N_IMAGES = 18  # half named with the tiny model's own prediction (successes), half with another class
@@ -126,8 +127,15 @@ def test_cli_matches_direct_logits_and_writes_what_it_claims(setup):
         mine = [r for r in rows.values() if r["true_label"] == label]
         expected = sum(r["correct"] == "True" for r in mine) / len(mine) if mine else None
         assert c["accuracy"] == expected
-    figure = Image.open(out / "cases.png")
-    assert figure.width > 5 * 32 and figure.height > 2 * 32
+    # cases.png: row 1 the successes, row 2 the failures of results.json, each tile that image, in order
+    figure = np.asarray(Image.open(out / "cases.png").convert("RGB"))
+    rows_ = [(title, [{**c, "path": setup["val"] / c["file"], "correct": ok} for c in results[key]])
+             for title, key, ok in (("s", "successes", True), ("f", "failures", False))]
+    layout = cases_layout(rows_)
+    assert figure.shape[:2] == layout["size"][::-1] and sum(map(len, layout["corners"])) == 10
+    for (_, cases), corners in zip(rows_, layout["corners"]):
+        for case, (x, y) in zip(cases, corners):
+            np.testing.assert_array_equal(figure[y:y + 128, x:x + 128], np.asarray(case_tile(case["path"], 128)))
 
 
 def test_prompt_ensembling_is_mean_of_normalised_embeddings(setup, tmp_path):

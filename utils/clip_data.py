@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageOps
 
 from utils.errors import UserError
-from utils.images import _font
+from utils.images import _font, load_rgb
 
 VAL_NAME = re.compile(r"(\d+)_(\w+)\.png", re.IGNORECASE)  # {class_id}_{image_id}.png
 
@@ -79,20 +79,16 @@ def list_val_images(folder: Path, id2label: dict[int, str]) -> tuple[list[ValIma
     return sorted(images, key=lambda im: (im.class_id, im.path.name)), ignored
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """The image as RGB, fully read; an unreadable file is a `UserError`."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for broken files
-        raise UserError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+def case_tile(path: Path, tile: int) -> Image.Image:
+    """A case's image padded onto a white `tile` x `tile` square (CIFAR's 32x32 kept sharp)."""
+    im = load_rgb(Path(path))
+    small = im.width < tile and im.height < tile
+    return ImageOps.pad(im, (tile, tile), Image.NEAREST if small else Image.LANCZOS, color="white")
 
 
-def cases_figure(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int = 10,
-                 font_size: int = 14) -> Image.Image:
-    """A figure with one row of images per `(title, cases)`; each case a dict with `path`,
-    `true_label`, `pred_label`, `probability`, `correct`, captioned with its file name, true and predicted label."""
-    font, bold = _font(font_size), _font(font_size + 4)
+def cases_layout(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int = 10, font_size: int = 14) -> dict:
+    """Where cases_figure puts everything: captions, figure size, and each case's image corner per row."""
+    font = _font(font_size)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     captions = [[(f"true: {c['true_label']}", f"pred: {c['pred_label']} ({c['probability']:.2f})")
                  for c in cases] for _, cases in rows]
@@ -101,20 +97,27 @@ def cases_figure(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int =
     n_cols = max(1, max(len(cases) for _, cases in rows))
     title_h, line_h = font_size + 4 + pad, font_size + 4
     row_h = title_h + tile + 3 * line_h + pad
-    fig = Image.new("RGB", (pad + n_cols * col_w, pad + len(rows) * row_h), "white")
+    tops = [pad + r * row_h for r in range(len(rows))]
+    corners = [[(pad + c * col_w, top + title_h) for c in range(len(cases))] for top, (_, cases) in zip(tops, rows)]
+    return {"captions": captions, "size": (pad + n_cols * col_w, pad + len(rows) * row_h), "tops": tops,
+            "corners": corners, "title_h": title_h, "line_h": line_h}
+
+
+def cases_figure(rows: list[tuple[str, list[dict]]], tile: int = 128, pad: int = 10,
+                 font_size: int = 14) -> Image.Image:
+    """A figure with one row of images per `(title, cases)`; each case a dict with `path`,
+    `true_label`, `pred_label`, `probability`, `correct`, captioned with its file name, true and predicted label."""
+    L = cases_layout(rows, tile, pad, font_size)
+    font, bold, title_h, line_h = _font(font_size), _font(font_size + 4), L["title_h"], L["line_h"]
+    fig = Image.new("RGB", L["size"], "white")
     draw = ImageDraw.Draw(fig)
-    for r, ((title, cases), row_captions) in enumerate(zip(rows, captions)):
-        y = pad + r * row_h
-        draw.text((pad, y), title, fill="black", font=bold)
+    for (title, cases), row_captions, top, corners in zip(rows, L["captions"], L["tops"], L["corners"]):
+        draw.text((pad, top), title, fill="black", font=bold)
         if not cases:
-            draw.text((pad, y + title_h + tile // 2), "(none)", fill="gray", font=font)
-        for c, (case, (true_line, pred_line)) in enumerate(zip(cases, row_captions)):
-            x = pad + c * col_w
-            im = load_rgb(Path(case["path"]))
-            small = im.width < tile and im.height < tile  # CIFAR's 32x32: keep the pixels sharp
-            im = ImageOps.pad(im, (tile, tile), Image.NEAREST if small else Image.LANCZOS, color="white")
-            fig.paste(im, (x, y + title_h))
-            top = y + title_h + tile + 2
+            draw.text((pad, top + title_h + tile // 2), "(none)", fill="gray", font=font)
+        for case, (true_line, pred_line), (x, y) in zip(cases, row_captions, corners):
+            fig.paste(case_tile(case["path"], tile), (x, y))
+            top = y + tile + 2
             draw.text((x, top), Path(case["path"]).name, fill="gray", font=font)
             draw.text((x, top + line_h), true_line, fill="black", font=font)
             draw.text((x, top + 2 * line_h), pred_line, fill=(0, 128, 0) if case["correct"] else (200, 0, 0), font=font)

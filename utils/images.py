@@ -5,11 +5,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.errors import UserError
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounded."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image as RGB, fully read: the one image loader; a missing or unreadable file is a UserError."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{path}: image not found") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for broken files
+        raise UserError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
