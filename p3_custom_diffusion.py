@@ -27,13 +27,10 @@ from models.custom_diffusion import (
     CLASS_PROMPT,
     INSTANCE_PROMPT,
     LARGE_PREFIXES,
-    RARE_WORDS,
     SMALL_PREFIXES,
     WEIGHTS_NAME,
     caption_features,
-    cross_attention_kv,
     custom_diffusion_loss,
-    detach_start_token,
     kv_state,
     load_kv_state,
     load_weights,
@@ -41,13 +38,13 @@ from models.custom_diffusion import (
     read_config,
     read_kv,
     save_weights,
+    setup_training,
     token_file,
-    trainable_parameters,
     training_batch,
     zero_frozen_rows,
 )
 from models.sd_loading import load_pipeline
-from models.textual_inversion import adam_rows, add_placeholder, load_adam_rows, restore_rows, sample_images
+from models.textual_inversion import adam_rows, load_adam_rows, restore_rows, sample_images
 from p3_textual_inversion import SAMPLERS, embeds_path, prepare_sampling
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import check_writable_dir, finite_float, nonnegative_float, positive_float, positive_int, staged_dir
@@ -156,7 +153,7 @@ def missing(paths: dict, args, hint: str = "") -> bool:
     if args.skip_missing:
         print(f"{message} -- skipped")
         return True
-    raise UserError(message.removeprefix(f"{PROG} {args.command}: ") + (f"\n({hint})" if hint else ""))
+    raise UserError(message.removeprefix(f"{PROG} {args.command}: ") + (f" ({hint})" if hint else ""))
 
 
 def check_tokens(tokens: list[str], flag: str = "--tokens") -> None:
@@ -269,22 +266,10 @@ def train(args):
 
     pipe = load_pipeline(args.model)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
-    ids = [add_placeholder(tokenizer, text_encoder, token, RARE_WORDS[i % len(RARE_WORDS)])[0]
-           for i, token in enumerate(args.tokens)]
+    ids, params, original = setup_training(pipe, args.tokens, device, dtype)
+    weight = params[0]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    params = trainable_parameters(unet, text_encoder)
-    weight = params[0]
-    original = weight.detach().clone()
-    # frozen weights in 16 bits on a GPU; the trained ones stay fp32 (autocast runs the forward in 16 bits)
-    vae.requires_grad_(False).to(device, dtype)
-    unet.to(device, dtype)
-    for module in cross_attention_kv(unet).values():
-        module.float()
-    text_encoder.to(device)
-    if device.type == "cuda":
-        unet.enable_gradient_checkpointing()
-    detach_start_token(unet)
     lr = args.lr * args.batch_size * accelerator.num_processes
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)  # weight decay as diffusers' example
 

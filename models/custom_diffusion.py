@@ -18,7 +18,7 @@ from diffusers.loaders.unet import CUSTOM_DIFFUSION_WEIGHT_NAME_SAFE as WEIGHTS_
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.textual_inversion import load_learned_embeds, save_learned_embeds
+from models.textual_inversion import add_placeholder, load_learned_embeds, save_learned_embeds
 from utils.errors import UserError
 
 # rarely used single CLIP tokens: the paper initialises the modifier tokens from rare tokens
@@ -136,6 +136,26 @@ def zero_frozen_rows(weight: torch.Tensor, trained_ids: list[int]) -> None:
         keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
         keep[trained_ids] = False
         weight.grad[keep] = 0
+
+
+def setup_training(pipe, tokens: list[str], device: torch.device, dtype: torch.dtype):
+    """Add the modifier tokens (initialised from rare words), freeze all but attn2.to_k / to_v and the
+    embedding matrix, put the frozen UNet and VAE in `dtype` on `device` (the trained weights and the
+    text encoder stay fp32: autocast runs the forward in `dtype`), and stop gradients through the start
+    token. Returns (token ids, [embedding weight, k/v weights...], a copy of the embedding matrix)."""
+    ids = [add_placeholder(pipe.tokenizer, pipe.text_encoder, token, RARE_WORDS[i % len(RARE_WORDS)])[0]
+           for i, token in enumerate(tokens)]
+    params = trainable_parameters(pipe.unet, pipe.text_encoder)
+    original = params[0].detach().clone()
+    pipe.vae.requires_grad_(False).to(device, dtype)
+    pipe.unet.to(device, dtype)
+    for module in cross_attention_kv(pipe.unet).values():
+        module.float()
+    pipe.text_encoder.to(device)
+    if device.type == "cuda":
+        pipe.unet.enable_gradient_checkpointing()  # activations, not weights, fill the card when training
+    detach_start_token(pipe.unet)
+    return ids, params, original
 
 
 def detach_start_token(unet) -> list:
