@@ -287,9 +287,10 @@ def train(args):
         step = state["step"]
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-        if main and log_path.exists():  # drop lines logged after the state was saved
-            lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            log_path.write_text("".join(line + "\n" for line in lines))
+    if main and log_path.exists():  # drop lines logged after the saved state (all of them for a fresh start)
+        lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in lines))
+    if main and state is not None:
         print(f"resuming from {last} at step {step}")
     unet_p, text_encoder_p, optimizer_p = accelerator.prepare(unet, text_encoder, optimizer)
 

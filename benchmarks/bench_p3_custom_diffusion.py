@@ -4,6 +4,7 @@ Everywhere: the tiny CPU pipeline of the tests (32 px). On a CUDA device also th
 (random weights: speed and memory do not depend on them): a `p3_custom_diffusion.py train` step at
 512 px with batch 2 (+2 regularization images), bf16 mixed precision, frozen weights in bf16 and
 gradient checkpointing, and 25 fp16 images at 512 px, with peak memory against a 24 GB card.
+The step is also given as a ratio to a textual-inversion step on as many images, timed in the same run.
 Prints a table and writes benchmarks/results/p3_custom_diffusion.json.
 """
 import argparse
@@ -22,6 +23,7 @@ from diffusers import DDPMScheduler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_p3_textual_inversion import bench_train as bench_ti_train
 from models.custom_diffusion import custom_diffusion_loss, setup_training
 from models.sd_loading import random_pipeline, shipped_configs
 from models.textual_inversion import restore_rows, sample_images
@@ -102,6 +104,8 @@ def run(name, configs, device, train_dtype, sample_dtype, res, batch_train, batc
            or "cpu", "resolution": res, "train_batch": f"{batch_train}+{batch_train}", "sample_batch": batch_sample,
            "sample_steps": sample_steps, "train_dtype": str(train_dtype), "sample_dtype": str(sample_dtype)}
     row["train"] = bench_train(random_pipeline(configs), device, train_dtype, batch_train, res, train_steps)
+    torch.manual_seed(0)  # textual inversion on as many images per step, for the ratio
+    row["ti_train"] = bench_ti_train(random_pipeline(configs), device, train_dtype, 2 * batch_train, res, train_steps)
     torch.manual_seed(0)
     row["generate"] = bench_generate(random_pipeline(configs), device, sample_dtype, res, sample_steps, batch_sample)
     return row
@@ -122,13 +126,15 @@ def main(argv=None):
                         torch.float16, 512, 2, 5, args.sample_steps, args.train_steps))
     else:
         print("no CUDA device: the SD v1-size benchmark did not run")
-    print(f"\n{'setup':32} {'train s/step':>12} {'train GB':>9} {'25 images s':>12} {'sample GB':>10}  card")
+    print(f"\n{'setup':32} {'train s/step':>12} {'x TI step':>9} {'train GB':>9} {'25 images s':>12} "
+          f"{'sample GB':>10}  card")
     for r in rows:
         card = ""
         if r["train"]["peak_gb"] is not None:
             peak = max(r["train"]["peak_gb"], r["generate"]["peak_gb"])
             card = f"{'fits' if peak < CARD_GB else 'OVER'} {CARD_GB} GB"
-        print(f"{r['setup']:32} {r['train']['s_per_step']:12.3f} {fmt_gb(r['train']['peak_gb']):>9} "
+        ratio = r["train"]["s_per_step"] / r["ti_train"]["s_per_step"]
+        print(f"{r['setup']:32} {r['train']['s_per_step']:12.3f} {ratio:9.2f} {fmt_gb(r['train']['peak_gb']):>9} "
               f"{r['generate']['s_per_25_images']:12.2f} {fmt_gb(r['generate']['peak_gb']):>10}  {card}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"torch": torch.__version__, "cpu": cpu_capability(), "rows": rows}, indent=2))

@@ -168,10 +168,10 @@ def detach_start_token(unet) -> list:
 
 def rescale(x: torch.Tensor, resolution: int, factor: int, generator: torch.Generator):
     """The paper's augmentation: resize a (3, R, R) image to a random side s, 1/3 R..R (2/3 of the time,
-    pasted at a random place on a black canvas) or 1.2 R..1.4 R (randomly cropped back to R).
+    pasted at a random place on a canvas of zeros, mid-grey, as in the paper's code) or 1.2 R..1.4 R (randomly cropped back to R).
 
     Returns the image, a (1, R/factor, R/factor) mask of the latent cells that hold image (the loss is
-    taken there only; one cell is trimmed at each border, as in the paper's code), and a caption prefix.
+    taken there only; one cell is trimmed at each border, as in the paper's code, unless that leaves none), and a caption prefix.
     """
     r = resolution
     if torch.rand((), generator=generator) < 2 / 3:
@@ -189,8 +189,8 @@ def rescale(x: torch.Tensor, resolution: int, factor: int, generator: torch.Gene
         canvas[:, top:top + s, left:left + s] = x
         x = canvas
         t0, t1, l0, l1 = top // factor + 1, (top + s) // factor - 1, left // factor + 1, (left + s) // factor - 1
-        if t1 <= t0 or l1 <= l0:  # too small to trim: the cells it touches
-            t0, t1, l0, l1 = top // factor, -(-(top + s) // factor), left // factor, -(-(left + s) // factor)
+        if t1 <= t0 or l1 <= l0:  # too small to trim: the cells it covers whole
+            t0, t1, l0, l1 = -(-top // factor), (top + s) // factor, -(-left // factor), (left + s) // factor
         mask[:, t0:t1, l0:l1] = 1
     choice = int(torch.randint(0, 2, (), generator=generator))
     prefix = SMALL_PREFIXES[choice] if s < 0.6 * r else LARGE_PREFIXES[choice] if s > r else ""

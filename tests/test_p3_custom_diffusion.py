@@ -57,6 +57,25 @@ def test_merge_with_ridge_keeps_the_constraint_when_captions_are_few():
 
 
 # ------------------------------------------------------------------------------------------ train
+def test_rescale_masks_exactly_the_image():
+    from models.custom_diffusion import LARGE_PREFIXES, SMALL_PREFIXES, rescale
+    g = torch.Generator().manual_seed(0)
+    image = torch.full((3, 64, 64), 0.5)
+    seen = set()
+    for _ in range(40):
+        x, mask, prefix = rescale(image, 64, 8, g)
+        inside = mask.repeat_interleave(8, 1).repeat_interleave(8, 2).bool().expand_as(x)  # (3, 64, 64)
+        assert x.shape == (3, 64, 64) and mask.shape == (1, 8, 8) and inside.any()
+        assert torch.allclose(x[inside], torch.tensor(0.5), atol=1e-5)  # the loss sees only the image
+        covered = (x != 0).float().mean().item()
+        if prefix in LARGE_PREFIXES:
+            assert covered == 1 and mask.all()
+        elif prefix in SMALL_PREFIXES:
+            assert covered < 0.6 ** 2
+        seen.add(prefix)
+    assert seen >= {*SMALL_PREFIXES, *LARGE_PREFIXES, ""}
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     torch.manual_seed(0)
