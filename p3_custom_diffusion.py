@@ -457,7 +457,8 @@ def figure(args):
             labels.append(f"{method}: {prompt}")
         del pipe
     labelled_grid(np.array(rows), row_labels=labels, scale=1,
-                  title=f"two learned concepts in one prompt (seeds {args.seed}..{args.seed + args.num - 1})"
+                  title=f"textual inversion vs Custom Diffusion, two learned concepts in one prompt "
+                        f"(seeds {args.seed}..{args.seed + args.num - 1})"
                   ).save(args.out_png)
     print(f"wrote {args.out_png}")
     return argparse.Namespace(png=args.out_png, images=images, labels=labels)

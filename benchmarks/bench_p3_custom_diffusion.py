@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--train-steps", type=int, default=5, help="timed training steps (after one warm-up step)")
     p.add_argument("--sample-steps", type=int, default=30, help="denoising steps of the GPU sampling run")
     p.add_argument("--skip-gpu", action="store_true", help="only the tiny CPU pipeline")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="CPU threads (1 is faster for the tiny models on a busy machine)")
     return p.parse_args(argv)
 
 
@@ -117,6 +119,7 @@ def fmt_gb(value) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_capability()}")
     tiny = json.loads((ROOT / "tests" / "fixtures" / "ti_tiny_sd.json").read_text())
     rows = [run("tiny (tests' pipeline), CPU", tiny, torch.device("cpu"), torch.float32, torch.float32, 32, 2, 25, 10,

@@ -24,6 +24,16 @@ RES = ["--resolution", "32"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models are too small to gain from threads; on a shared 2-core machine two threads that
+    wait for each other made the module 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------- the merge
 def objective(w, w0, c_reg):
     return torch.linalg.matrix_norm((w - w0) @ c_reg.T).item()
