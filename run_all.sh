@@ -35,3 +35,16 @@ $PY p3_textual_inversion.py evaluate hw2_data/textual_inversion/input.json outpu
     --json outputs/p3_ti_scores.json --skip-missing
 $PY p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt outputs/p3_multi_concept.png \
     --tokens '<new1>' '<new3>' --skip-missing
+
+# P3: Custom Diffusion on SD v1 (needs hw2_data/sd-v1-4.ckpt): <new1> and <new3> jointly (resumable), the
+# same two apart and merged, the two-concept comparison with textual inversion
+$PY p3_custom_diffusion.py train hw2_data/textual_inversion/0 hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt \
+    --tokens '<new1>' '<new3>' --class-words dog cat --out-dir runs/p3_custom_diffusion/joint --resume --skip-missing
+$PY p3_custom_diffusion.py train hw2_data/textual_inversion/0 hw2_data/sd-v1-4.ckpt --tokens '<new1>' \
+    --class-words dog --out-dir runs/p3_custom_diffusion/new1 --resume --skip-missing
+$PY p3_custom_diffusion.py train hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt --tokens '<new3>' \
+    --class-words cat --out-dir runs/p3_custom_diffusion/new3 --resume --skip-missing
+$PY p3_custom_diffusion.py merge runs/p3_custom_diffusion/new1 runs/p3_custom_diffusion/new3 hw2_data/sd-v1-4.ckpt \
+    --out-dir runs/p3_custom_diffusion/merged --skip-missing
+$PY p3_custom_diffusion.py figure hw2_data/sd-v1-4.ckpt outputs/p3_cd_comparison.png --tokens '<new1>' '<new3>' \
+    --skip-missing
