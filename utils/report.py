@@ -23,11 +23,11 @@ from urllib.parse import quote
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError
 
 DATASET_NAMES = {"mnistm": "MNIST-M", "svhn": "SVHN"}
 ETAS = ("0", "0.25", "0.5", "0.75", "1.0")  # the rows of p2_ddim.py's eta sweep (models.face_ddim.ETAS)
@@ -218,12 +218,12 @@ def p1_section(r: Report, run_dir: Path | None) -> None:
     r.add("## Problem 1: conditional DDPM on MNIST-M and SVHN", "")
 
     r.add("### Samples: 10 per digit", "")
-    r.figures([(p1 / f"grid_{name}.png", f"{label}: rows digits 0-9, columns the first 10 samples of each digit; "
-                                         f"{made}.") for name, label in DATASET_NAMES.items()], sample_cmd)
+    r.figures([(p1 / f"grid_{name}.png", (f"{label}: rows digits 0-9, columns the first 10 samples of each digit; "
+                                         f"{made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
     r.add("### Reverse process of the first \"0\"", "")
     r.figures([(p1 / f"reverse_process_{name}.png",
-                f"{label}: the first generated \"0\" at t = {REVERSE_T} (each column labelled with its t, scaled "
-                f"to the model's T); {made}.") for name, label in DATASET_NAMES.items()], sample_cmd)
+                (f"{label}: the first generated \"0\" at t = {REVERSE_T} (each column labelled with its t, scaled "
+                f"to the model's T); {made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
 
     r.add("### Accuracy of the graded images", "")
     scores = read_json(p1 / "eval.json", required=("mean",))
@@ -301,11 +301,11 @@ def p2_section(r: Report) -> None:
             line += f" Baseline {num(mse['baseline'], 3)}: **{'PASS' if mse.get('passed') else 'FAIL'}**."
         r.add(line, "")
     r.add("### Eta sweep and interpolation", "")
-    r.figures([(p2 / "eta_sweep.png", f"DDIM from the noises 00-03 (columns) with eta = {', '.join(ETAS)} (rows); "
-                                      f"{made}."),
-               (p2 / "interpolation.png", "DDIM (eta 0) from noises interpolated between 00 (alpha 0) and 01 "
+    r.figures([(p2 / "eta_sweep.png", (f"DDIM from the noises 00-03 (columns) with eta = {', '.join(ETAS)} (rows); "
+                                      f"{made}.")),
+               (p2 / "interpolation.png", ("DDIM (eta 0) from noises interpolated between 00 (alpha 0) and 01 "
                                           "(alpha 1) in steps of 0.1: spherical (slerp, top row) against linear "
-                                          f"(lerp, bottom row); {made}.")], cmd, f" {provide}")
+                                          f"(lerp, bottom row); {made}."))], cmd, f" {provide}")
 
 
 def p3_clip_section(r: Report) -> None:
@@ -379,8 +379,8 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
         r.add(f"{sum(s['pass'] for s in scores)} of {len(scores)} prompts pass their baseline (the course's CLIP "
               f"scores, from `{r.shown(scores_json)}`; images made with {made}).", "")
     multi = r.out / "p3_multi_concept.png"
-    r.figures([(multi, "two learned concepts in one prompt, both orders (\"a <new1> next to a <new3>\" and the "
-                       f"reverse); {made}.")],
+    r.figures([(multi, ("two learned concepts in one prompt, both orders (\"a <new1> next to a <new3>\" and the "
+                       f"reverse); {made}."))],
               f"python p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt {r.shown(multi)} --tokens '<new1>' '<new3>'",
               " It needs the SD model and the learned embeddings.")
     if ti_run_dir is not None:
