@@ -30,7 +30,6 @@ from PIL import Image
 from utils.errors import UserError
 
 DATASET_NAMES = {"mnistm": "MNIST-M", "svhn": "SVHN"}
-ETAS = ("0", "0.25", "0.5", "0.75", "1.0")  # the rows of p2_ddim.py's eta sweep (models.face_ddim.ETAS)
 REVERSE_T = "500, 320, 200, 120, 40, 1"  # the report's reverse-process timesteps (p1_ddpm_sample.py)
 THUMB = 96  # side of the CLIP case thumbnails in pixels
 FILES = "report_files"  # folder beside report.md for the curves and thumbnails
@@ -301,11 +300,11 @@ def p2_section(r: Report) -> None:
             line += f" Baseline {num(mse['baseline'], 3)}: **{'PASS' if mse.get('passed') else 'FAIL'}**."
         r.add(line, "")
     r.add("### Eta sweep and interpolation", "")
-    r.figures([(p2 / "eta_sweep.png", (f"DDIM from the noises 00-03 (columns) with eta = {', '.join(ETAS)} (rows); "
-                                      f"{made}.")),
+    r.figures([(p2 / "eta_sweep.png", (f"DDIM from the noises 00-03 (columns), one row per eta from 0 "
+                                      f"(deterministic, top) to 1 (bottom), each row labelled with its eta; {made}.")),
                (p2 / "interpolation.png", ("DDIM (eta 0) from noises interpolated between 00 (alpha 0) and 01 "
-                                          "(alpha 1) in steps of 0.1: spherical (slerp, top row) against linear "
-                                          f"(lerp, bottom row); {made}."))], cmd, f" {provide}")
+                                          "(alpha 1), each column labelled with its alpha: spherical (slerp, top row) "
+                                          f"against linear (lerp, bottom row); {made}."))], cmd, f" {provide}")
 
 
 def p3_clip_section(r: Report) -> None:
@@ -371,7 +370,7 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
             shown = "not found"
             if first.is_file():
                 shown = f"![{cid}/{i}]({r.link(thumbnail(first, r.files / 'ti' / f'{cid}_{i}.png', 128))})"
-            rows.append([cid, num(i), prompts.get((cid, i), "?"), shown,
+            rows.append([cid, num(i), f"`{prompts[cid, i]}`" if (cid, i) in prompts else "?", shown,
                          num(s["image_score"], 2), num(s["text_score"], 2),
                          f"{num(s['baseline'][0], 2)} / {num(s['baseline'][1], 2)}", "PASS" if s["pass"] else "FAIL"])
         r.add(*table(["concept", "prompt", "text", "first image", "image score", "text score",
@@ -379,7 +378,7 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
         r.add(f"{sum(s['pass'] for s in scores)} of {len(scores)} prompts pass their baseline (the course's CLIP "
               f"scores, from `{r.shown(scores_json)}`; images made with {made}).", "")
     multi = r.out / "p3_multi_concept.png"
-    r.figures([(multi, ("two learned concepts in one prompt, both orders (\"a <new1> next to a <new3>\" and the "
+    r.figures([(multi, ("two learned concepts in one prompt, both orders (`a <new1> next to a <new3>` and the "
                        f"reverse); {made}."))],
               f"python p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt {r.shown(multi)} --tokens '<new1>' '<new3>'",
               " It needs the SD model and the learned embeddings.")
@@ -387,8 +386,8 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
         for log in sorted(Path(ti_run_dir).glob("*/train_log.jsonl")):
             token = log.parent.name
             png = plot_training(read_train_log(log), r.files / f"ti_training_{token}.png",
-                                f"textual inversion <{token}>")
-            r.figure(png, f"textual-inversion training of <{token}>: loss and learning rate against step, from "
+                                f"textual inversion <{token}>")  # a title, not markdown
+            r.figure(png, f"textual-inversion training of `<{token}>`: loss and learning rate against step, from "
                           f"`{r.shown(log)}`.")
 
 
