@@ -202,7 +202,7 @@ class Report:
         parts = [f"{names.get(k, k)} {v if isinstance(v, str) else num(v, 2)}" for k in keys
                  if (v := values.get(k)) is not None]
         if not parts:
-            return "settings not recorded (run_all.sh writes them to run_info.json)"
+            return "settings not recorded in run_info.json"
         return ", ".join(parts)
 
     def text(self) -> str:
