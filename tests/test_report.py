@@ -252,8 +252,8 @@ def test_loss_curve_is_made_from_the_training_log(outputs, tmp_path):
     assert "60 logged steps, last step 60, last loss 0.0167" in text
     pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert pixels.shape[1] > 500 and pixels.std() > 10
-    # another log gives another picture
-    write_log(run / "train_log.jsonl", [{"step": s, "loss": float(s), "lr": 1e-4} for s in range(1, 61)])
+    # another loss (same steps and learning rates) gives another picture
+    write_log(run / "train_log.jsonl", [{**r, "loss": 2.0 / r["step"] ** 2} for r in records])
     make_report(out, "--run-dir", str(run))
     assert not np.array_equal(pixels, np.asarray(Image.open(png).convert("L"), dtype=float))
     # no accuracy.json: the report says how to make it

@@ -296,8 +296,9 @@ def p2_section(r: Report) -> None:
         line = (f"Mean MSE: **{num(mse['mean'], 3)}** over {len(mse['per_image'])} images (DDIM, "
                 f"{num(mse.get('steps'))} steps, eta {num(mse.get('eta'), 2)}, {mse.get('dtype', 'fp32')}; "
                 f"timestep convention: {convention}; from `{r.shown(p2 / 'mse.json')}`).")
-        if "baseline" in mse:
-            line += f" Baseline {num(mse['baseline'], 3)}: **{'PASS' if mse.get('passed') else 'FAIL'}**."
+        if isinstance(mse.get("baseline"), (int, float)):
+            line += f" Baseline MSE {num(mse['baseline'], 3)}"
+            line += f": **{'PASS' if mse['passed'] else 'FAIL'}**." if "passed" in mse else "."
         r.add(line, "")
     r.add("### Eta sweep and interpolation", "")
     r.figures([(p2 / "eta_sweep.png", (f"DDIM from the noises 00-03 (columns), one row per eta from 0 "
