@@ -129,6 +129,9 @@ def thumbnail(src: Path, dst: Path, side: int = THUMB) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(src) as im:
         im = im.convert("RGB")
+        if max(im.size) < side:  # small images (CIFAR's 32x32) are enlarged by whole pixels to be seen
+            factor = side // max(im.size)
+            im = im.resize((im.width * factor, im.height * factor), Image.NEAREST)
         im.thumbnail((side, side))
         im.save(dst)
     return dst
