@@ -1,50 +1,112 @@
 #!/usr/bin/env bash
-# Set up .venv and run every problem on its default inputs; outputs go to outputs/.
-# The main job is P1 with the shipped checkpoint; the others run when their inputs are present
-# (see hw2_data/README.md) and otherwise say what is missing and go on.
+# Set up .venv, run every problem and write the report OUTPUTS/report.md (default outputs/).
+#   bash run_all.sh           shipped weights: nothing is retrained
+#   bash run_all.sh --train   retrain the P1 model and the SVHN judge from hw2_data/digits (and the
+#                             textual-inversion embeddings when the SD model is present) in a run
+#                             folder, then sample, score and report with that run's training curves
+# P1 is the main job; the others run when their inputs are present (see hw2_data/README.md) and
+# otherwise say what is missing and go on. Environment variables (docs/report.md): HW2_SKIP_SETUP=1,
+# PYTHON, HW2_DATA, HW2_OUT, HW2_RUN, HW2_TRAIN_STEPS, HW2_KEEP_EVERY, HW2_P1_TRAIN_FLAGS,
+# HW2_JUDGE_FLAGS, HW2_PER_DIGIT, HW2_CURVE_PER_DIGIT, HW2_MNISTM_CLASSIFIER, HW2_TI_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup.sh
-PY=.venv/bin/python
+case "${1:-}" in
+    "") TRAIN=0 ;;
+    --train) TRAIN=1 ;;
+    *) echo "usage: bash run_all.sh [--train]" >&2; exit 2 ;;
+esac
+[ "${HW2_SKIP_SETUP:-0}" = 1 ] || bash setup.sh
+PY=${PYTHON:-.venv/bin/python}
+DATA=${HW2_DATA:-hw2_data}
+OUT=${HW2_OUT:-outputs}
+RUN=${HW2_RUN:-runs/train}
+MNISTM_JUDGE=${HW2_MNISTM_CLASSIFIER:-Classifier.pth}
+PER_DIGIT=${HW2_PER_DIGIT:-50}
+
+# sampling settings: passed to the programs below and recorded in OUT/run_info.json for the report
+P1_CKPT=checkpoints/p1_ddpm.pt SVHN_JUDGE=checkpoints/svhn_classifier.pt
+P1_SAMPLER=ddim P1_STEPS=10 P1_GUIDANCE=4 P1_SEED=0
+P2_STEPS=50 P2_SEED=0
+TI_EMBEDS=checkpoints/p3_textual_inversion TI_RUN=runs/p3_textual_inversion
+TI_SAMPLER=dpm++ TI_STEPS=30 TI_GUIDANCE=7.5 TI_SEED=0
+if [ "$TRAIN" = 1 ]; then
+    P1_CKPT=$RUN/p1/model.pt SVHN_JUDGE=$RUN/svhn_classifier.pt
+    TI_EMBEDS=$RUN/p3_textual_inversion/embeds TI_RUN=$RUN/p3_textual_inversion
+    # P1 model (continues RUN/p1 if it holds a run), its kept checkpoints scored for the accuracy curve,
+    # and the SVHN judge
+    # shellcheck disable=SC2086  # the *_FLAGS variables are lists of extra flags
+    $PY p1_ddpm_train.py --data-root "$DATA/digits" --out-dir "$RUN/p1" --steps "${HW2_TRAIN_STEPS:-10000}" \
+        --keep-every "${HW2_KEEP_EVERY:-2000}" --resume ${HW2_P1_TRAIN_FLAGS:-}
+    # shellcheck disable=SC2086
+    $PY p1_svhn_classifier_train.py --data-root "$DATA/digits" --out "$SVHN_JUDGE" ${HW2_JUDGE_FLAGS:-}
+    $PY benchmarks/bench_p1_quality.py --ckpt "$RUN"/p1/model_*.pt --sampler "$P1_SAMPLER" --steps "$P1_STEPS" \
+        --guidance "$P1_GUIDANCE" --per-digit "${HW2_CURVE_PER_DIGIT:-20}" --mnistm-classifier "$MNISTM_JUDGE" \
+        --svhn-classifier "$SVHN_JUDGE" --out "$RUN/p1/accuracy.json"
+fi
+mkdir -p "$OUT"
+cat > "$OUT/run_info.json" <<EOF
+{
+  "trained": $([ "$TRAIN" = 1 ] && echo true || echo false),
+  "p1": {"ckpt": "$P1_CKPT", "sampler": "$P1_SAMPLER", "steps": $P1_STEPS, "guidance": $P1_GUIDANCE,
+         "seed": $P1_SEED, "per_digit": $PER_DIGIT, "mnistm_classifier": "$MNISTM_JUDGE", "svhn_classifier": "$SVHN_JUDGE"},
+  "p2": {"unet": "$DATA/face/UNet.pt", "steps": $P2_STEPS, "seed": $P2_SEED, "dtype": "fp32"},
+  "p3_clip": {"val_dir": "$DATA/clip_zeroshot/val"},
+  "p3_ti": {"model": "$DATA/sd-v1-4.ckpt", "embeds_dir": "$TI_EMBEDS", "input_json": "$DATA/textual_inversion/input.json",
+            "sampler": "$TI_SAMPLER", "steps": $TI_STEPS, "guidance": $TI_GUIDANCE, "seed": $TI_SEED}
+}
+EOF
 
 # P1: the 1,000 graded images, both grids and the reverse-process figure, then their scores
-$PY p1_ddpm_sample.py outputs/p1 --ckpt checkpoints/p1_ddpm.pt --grid --reverse-process
-$PY p1_ddpm_eval.py outputs/p1 --mnistm-classifier Classifier.pth \
-    --svhn-classifier checkpoints/svhn_classifier.pt --skip-missing
+$PY p1_ddpm_sample.py "$OUT/p1" --ckpt "$P1_CKPT" --sampler "$P1_SAMPLER" --steps "$P1_STEPS" \
+    --guidance "$P1_GUIDANCE" --seed "$P1_SEED" --per-digit "$PER_DIGIT" --grid --reverse-process
+$PY p1_ddpm_eval.py "$OUT/p1" --mnistm-classifier "$MNISTM_JUDGE" --svhn-classifier "$SVHN_JUDGE" --skip-missing
 
 # P2: DDIM faces from the course's noise files, MSE against ground truth, eta sweep, slerp/lerp
-$PY p2_ddim.py hw2_data/face/noise outputs/p2 hw2_data/face/UNet.pt --gt-dir hw2_data/face/GT \
-    --eta-sweep --interpolation --skip-missing
+$PY p2_ddim.py "$DATA/face/noise" "$OUT/p2" "$DATA/face/UNet.pt" --gt-dir "$DATA/face/GT" \
+    --steps "$P2_STEPS" --seed "$P2_SEED" --dtype fp32 --eta-sweep --interpolation --skip-missing
 
 # P3: CLIP zero-shot classification (needs the val images and the ViT-B-32 OpenAI weights)
-$PY p3_clip_zeroshot.py hw2_data/clip_zeroshot/val hw2_data/clip_zeroshot/id2label.json outputs/p3_clip \
+$PY p3_clip_zeroshot.py "$DATA/clip_zeroshot/val" "$DATA/clip_zeroshot/id2label.json" "$OUT/p3_clip" \
     --model ViT-B-32 --pretrained openai --skip-missing
 
-# P3: textual inversion on SD v1 (needs hw2_data/sd-v1-4.ckpt): learn <new1>, <new2>, <new3>
-# (resumable), the graded images, their CLIP scores and the two-concept figure
-$PY p3_textual_inversion.py train hw2_data/textual_inversion/0 hw2_data/sd-v1-4.ckpt --token '<new1>' \
-    --initializer dog --resume --skip-missing
-$PY p3_textual_inversion.py train hw2_data/textual_inversion/1 hw2_data/sd-v1-4.ckpt --token '<new2>' \
-    --initializer illustration --style --resume --skip-missing
-$PY p3_textual_inversion.py train hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt --token '<new3>' \
-    --initializer cat --resume --skip-missing
-$PY p3_textual_inversion.py generate hw2_data/textual_inversion/input.json outputs/p3_ti hw2_data/sd-v1-4.ckpt \
-    --skip-missing
-$PY p3_textual_inversion.py evaluate hw2_data/textual_inversion/input.json outputs/p3_ti \
-    --concept-root hw2_data/textual_inversion --clip hw2_data/clip-vit-base-patch32 \
-    --json outputs/p3_ti_scores.json --skip-missing
-$PY p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt outputs/p3_multi_concept.png \
-    --tokens '<new1>' '<new3>' --skip-missing
+# P3: textual inversion on SD v1 (needs hw2_data/sd-v1-4.ckpt): learn <new1>, <new2>, <new3> (resumable:
+# a token trained to its steps is not trained again), the graded images, their CLIP scores and the
+# two-concept figure
+TI_TRAIN=(--embeds-dir "$TI_EMBEDS" --run-dir "$TI_RUN" --steps "${HW2_TI_STEPS:-3000}" --resume --skip-missing)
+TI_SAMPLE=(--embeds-dir "$TI_EMBEDS" --sampler "$TI_SAMPLER" --steps "$TI_STEPS" --guidance "$TI_GUIDANCE"
+           --seed "$TI_SEED" --skip-missing)
+$PY p3_textual_inversion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --token '<new1>' \
+    --initializer dog "${TI_TRAIN[@]}"
+$PY p3_textual_inversion.py train "$DATA/textual_inversion/1" "$DATA/sd-v1-4.ckpt" --token '<new2>' \
+    --initializer illustration --style "${TI_TRAIN[@]}"
+$PY p3_textual_inversion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --token '<new3>' \
+    --initializer cat "${TI_TRAIN[@]}"
+$PY p3_textual_inversion.py generate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" "$DATA/sd-v1-4.ckpt" \
+    "${TI_SAMPLE[@]}"
+$PY p3_textual_inversion.py evaluate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" \
+    --concept-root "$DATA/textual_inversion" --clip "$DATA/clip-vit-base-patch32" \
+    --json "$OUT/p3_ti_scores.json" --skip-missing
+$PY p3_textual_inversion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_multi_concept.png" \
+    --tokens '<new1>' '<new3>' "${TI_SAMPLE[@]}"
+
 
 # P3: Custom Diffusion on SD v1 (needs hw2_data/sd-v1-4.ckpt): <new1> and <new3> jointly (resumable), the
 # same two apart and merged, the two-concept comparison with textual inversion
-$PY p3_custom_diffusion.py train hw2_data/textual_inversion/0 hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt \
-    --tokens '<new1>' '<new3>' --class-words dog cat --out-dir runs/p3_custom_diffusion/joint --resume --skip-missing
-$PY p3_custom_diffusion.py train hw2_data/textual_inversion/0 hw2_data/sd-v1-4.ckpt --tokens '<new1>' \
-    --class-words dog --out-dir runs/p3_custom_diffusion/new1 --resume --skip-missing
-$PY p3_custom_diffusion.py train hw2_data/textual_inversion/2 hw2_data/sd-v1-4.ckpt --tokens '<new3>' \
-    --class-words cat --out-dir runs/p3_custom_diffusion/new3 --resume --skip-missing
-$PY p3_custom_diffusion.py merge runs/p3_custom_diffusion/new1 runs/p3_custom_diffusion/new3 hw2_data/sd-v1-4.ckpt \
-    --out-dir runs/p3_custom_diffusion/merged --skip-missing
-$PY p3_custom_diffusion.py figure hw2_data/sd-v1-4.ckpt outputs/p3_cd_comparison.png --tokens '<new1>' '<new3>' \
-    --skip-missing
+CD_RUN=${HW2_CD_RUN:-runs/p3_custom_diffusion}
+$PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" \
+    --tokens '<new1>' '<new3>' --class-words dog cat --out-dir "$CD_RUN/joint" --resume --skip-missing
+$PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --tokens '<new1>' \
+    --class-words dog --out-dir "$CD_RUN/new1" --resume --skip-missing
+$PY p3_custom_diffusion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --tokens '<new3>' \
+    --class-words cat --out-dir "$CD_RUN/new3" --resume --skip-missing
+$PY p3_custom_diffusion.py merge "$CD_RUN/new1" "$CD_RUN/new3" "$DATA/sd-v1-4.ckpt" \
+    --out-dir "$CD_RUN/merged" --skip-missing
+$PY p3_custom_diffusion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_cd_comparison.png" --tokens '<new1>' '<new3>' \
+    --ti-embeds "$TI_EMBEDS" --joint "$CD_RUN/joint" --merged "$CD_RUN/merged" --skip-missing
+
+# The report: every figure and number above in OUT/report.md (with --train, the run's training curves)
+if [ "$TRAIN" = 1 ]; then
+    $PY report.py "$OUT" --run-dir "$RUN/p1" --ti-run-dir "$TI_RUN"
+else
+    $PY report.py "$OUT"
+fi
