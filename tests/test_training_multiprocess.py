@@ -101,3 +101,57 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
     # and training did move the weights (the comparison is not between two untrained networks)
     start = torch.load(one / "model_000002.pt", weights_only=True)["ema"]
     assert any(not torch.allclose(start[k], v) for k, v in at3["ema"].items())
+
+
+def test_textual_inversion_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monkeypatch):
+    import p3_textual_inversion as p3
+    from models.sd_loading import random_pipeline
+    from models.textual_inversion import load_learned_embeds
+    from utils.ti_data import ConceptImages
+
+    tiny = json.loads((ROOT / "tests" / "fixtures" / "ti_tiny_sd.json").read_text())
+    torch.manual_seed(0)
+    random_pipeline(tiny).save_pretrained(tmp_path / "tiny_sd")
+
+    def argv(folder: Path, steps: int, batch: int, *extra: str) -> list[str]:
+        return ["train", str(shared / "hw2_data/textual_inversion/0"), str(tmp_path / "tiny_sd"), "--token", "<new1>",
+                "--initializer", "dog", "--batch-size", str(batch), "--lr", "0.05", "--resolution", "32",
+                "--steps", str(steps), "--save-every", "1", "--log-every", "1", "--dtype", "fp32", "--quiet",
+                "--embeds-dir", str(folder / "embeds"), "--run-dir", str(folder / "runs"), *extra]
+
+    two = tmp_path / "two"
+    first = torchrun("p3_textual_inversion.py", *argv(two, 2, 1))
+    assert first.stdout.splitlines()[0] == "training on 2 processes (MULTI_CPU), devices cpu, cpu"
+    run = two / "runs" / "new1"
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["config"]["training"] == {"num_processes": 2, "batch_per_process": 1, "global_batch": 2}
+    assert len(state["generators"]) == 2 and not torch.equal(*state["generators"])
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "train_log.jsonl"]
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    at2 = load_learned_embeds(two / "embeds" / "new1.safetensors")[1]
+    resumed = torchrun("p3_textual_inversion.py", *argv(two, 3, 1, "--resume"))
+    assert "resuming from" in resumed.stdout
+    at3 = load_learned_embeds(two / "embeds" / "new1.safetensors")[1]
+    assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # one process, batch 2: process 0's image and noise, then process 1's (each from its own stream)
+    gens = [torch.Generator().manual_seed(process_seed(0, rank)) for rank in (0, 1)]
+    batch, loss = ConceptImages.batch, p3.diffusion_loss
+
+    def both_batches(self, size, generator):
+        parts = [batch(self, size // 2, g) for g in gens]
+        return torch.cat([pixels for pixels, _ in parts]), [c for _, captions in parts for c in captions]
+
+    def mean_loss(unet, vae, text_encoder, scheduler, pixels, input_ids, generator):
+        h = pixels.shape[0] // 2
+        return (loss(unet, vae, text_encoder, scheduler, pixels[:h], input_ids[:h], gens[0])
+                + loss(unet, vae, text_encoder, scheduler, pixels[h:], input_ids[h:], gens[1])) / 2
+
+    monkeypatch.setattr(ConceptImages, "batch", both_batches)
+    monkeypatch.setattr(p3, "diffusion_loss", mean_loss)
+    one = tmp_path / "one"
+    ref2 = load_learned_embeds(p3.main(argv(one, 2, 2)).embeds)[1]
+    ref3 = load_learned_embeds(p3.main(argv(one, 3, 2, "--resume")).embeds)[1]
+    torch.testing.assert_close(at2, ref2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(at3, ref3, rtol=1e-4, atol=1e-6)
+    assert (ref3 - ref2).abs().max() > 1e-3  # the steps did move the embedding
