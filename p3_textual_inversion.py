@@ -11,6 +11,7 @@ nothing is downloaded. Learned embeddings live in EMBEDS_DIR/{token without <>}.
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,9 @@ PROG = "p3_textual_inversion.py"
 
 def token_arg(text: str) -> str:
     """`--token`: a learned token is written in angle brackets, as the course's input.json names them."""
-    if not LEARNED_TOKEN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} must look like '<new1>': angle brackets, no spaces")
+    if not (LEARNED_TOKEN.fullmatch(text) and re.fullmatch(r"<\w[\w.-]*>", text)):  # it names files: no '/'
+        raise argparse.ArgumentTypeError(f"{text!r} must look like '<new1>': angle brackets around letters, "
+                                         "digits, '_', '-' or '.'")
     return text
 
 

@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import p1_ddpm_train  # noqa: E402
-from models.context_unet import ContextUnet  # noqa: E402
-from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas, q_sample  # noqa: E402
-from utils.digits import DigitData  # noqa: E402
-from utils.runtime import cpu_capability  # noqa: E402
+import p1_ddpm_train
+from models.context_unet import ContextUnet
+from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas, q_sample
+from utils.digits import DigitData
+from utils.runtime import cpu_capability
 
 
 def parse_args(argv=None):

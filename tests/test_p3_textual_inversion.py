@@ -256,7 +256,7 @@ def test_train_resumes_exactly_with_two_vectors(tiny_sd, shared, tmp_path):
 def test_train_refuses_bad_tokens_and_an_earlier_run(tiny_sd, shared, tmp_path, cli_error):
     (tmp_path / "embeds").mkdir()
     (tmp_path / "embeds" / "new1.safetensors").write_bytes(b"another token's file")
-    for token in ("new1", "<new 1>", "<new1"):
+    for token in ("new1", "<new 1>", "<new1", "<../new1>", "<a/b>"):
         with cli_error("--token: .* must look like '<new1>'"):
             p3.main(train_args(tiny_sd, shared, tmp_path, "--steps", "1")[:4] + [token]
                     + train_args(tiny_sd, shared, tmp_path, "--steps", "1")[5:])

@@ -1,5 +1,7 @@
 """Training pieces against independent expectations: condition dropout and the epsilon loss (models/),
 the learning-rate schedule, the textual-inversion augmentation, the training log, and bad input."""
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -9,6 +11,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 import p1_ddpm_train
+import p1_svhn_classifier_train
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas
 from utils.ti_data import ConceptImages, Crop
 
@@ -113,7 +116,7 @@ def test_augmentation_crop_and_flip_are_what_they_say(halves):
     assert small.shape == (3, 48, 48) and small.min() >= -1 and small.max() <= 1
     plain = ConceptImages(halves, resolution=48, augment=False)
     assert plain.crop_params(48, 64, torch.Generator()) == Crop(0, 8, 48, False)  # the centre, never flipped
-    pixels, captions = data.batch(64, torch.Generator().manual_seed(0))
+    pixels, _ = data.batch(64, torch.Generator().manual_seed(0))
     left_white = (pixels[:, :, :, :4].mean(dim=(1, 2, 3)) > 0.5).float().mean()
     assert 0.3 < left_white < 0.7  # about half of a batch is mirrored
 
@@ -143,3 +146,24 @@ def test_p1_refuses_to_replace_a_run_or_write_where_it_cannot(shared, tmp_path, 
     with cli_error("--out-dir .*file/run: .*file is a file"):
         p1_ddpm_train.main(["--data-root", str(tmp_path / "none"), "--out-dir", str(tmp_path / "file" / "run"),
                             "--steps", "1"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs: 0 is out of range"), (["--batch-size", "0"], "--batch-size: 0 is out of range"),
+    (["--lr", "nan"], "--lr: 'nan' is not a finite"), (["--width", "0"], "--width: 0 is out of range"),
+    (["--limit", "0"], "--limit: 0 is out of range"), (["--seed", "-1"], "--seed: -1 is out of range"),
+])
+def test_svhn_judge_flags_out_of_range_are_refused(flags, message, tmp_path, cli_error):
+    with cli_error(message):
+        p1_svhn_classifier_train.main(["--out", str(tmp_path / "judge.pt"), *flags])
+
+
+def test_svhn_judge_refuses_a_batch_larger_than_the_data(shared, tmp_path, cli_error):
+    with cli_error("--batch-size 64: larger than the 20 training images"):
+        p1_svhn_classifier_train.main(["--data-root", str(shared / "hw2_data" / "digits"), "--limit", "20",
+                                       "--batch-size", "64", "--out", str(tmp_path / "judge.pt")])
+    assert not (tmp_path / "judge.pt").exists()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        p1_svhn_classifier_train.parse_args(["--help"])
+    assert out.getvalue().count("(default:") == 10  # all ten flags have a help text (argparse adds the default)
