@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 300 on CUDA, 20 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 50 on CUDA, 5 on CPU)")
     p.add_argument("--cpu-processes", type=int, default=2, help="N of the multi-process row without CUDA")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process on a machine without CUDA (the same in every row, so that N "
+                        "processes use N times the cores of one)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training.json", help="JSON results")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
@@ -107,7 +110,8 @@ def script_argv(args, out: Path) -> list[str]:
     return ["--data-root", str(args.data_root), "--out-dir", str(out), "--limit", str(args.limit),
             "--n-feat", str(args.n_feat), "--batch-size", str(args.batch_size),
             "--steps", str(args.warmup + args.steps), "--log-every", str(args.warmup), "--save-every", "1000000",
-            "--dtype", "bf16" if torch.cuda.is_available() else "fp32"]
+            "--dtype", "bf16" if torch.cuda.is_available() else "fp32",
+            *([] if torch.cuda.is_available() else ["--threads", str(args.threads)])]
 
 
 def steps_per_second(log: Path, warmup: int) -> float:
@@ -122,6 +126,8 @@ def main(argv=None):
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     nproc = torch.cuda.device_count() if cuda else args.cpu_processes
+    if not cuda:
+        torch.set_num_threads(args.threads)
     print(f"cpu: {cpu_capability()}; device: {torch.cuda.get_device_name() if cuda else 'cpu'}; "
           f"n_feat {args.n_feat}, batch {args.batch_size} per process, {args.steps} timed steps")
     data = DigitData(args.data_root, limit=args.limit)
@@ -136,7 +142,7 @@ def main(argv=None):
         if nproc > 1:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             if not cuda:
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+                env["OMP_NUM_THREADS"] = str(args.threads)
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                             str(nproc), str(ROOT / "p1_ddpm_train.py"), *script_argv(args, Path(tmp) / "many")],
                            check=True, env=env, cwd=ROOT)
