@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from models.digit_classifiers import SvhnJudge, normalise, predict
 from utils.checkpoint import save_checkpoint
+from utils.cli import check_writable_dir, nonnegative_int, positive_float, positive_int
 from utils.digits import load_split
-from utils.errors import cli
+from utils.errors import UserError, cli
 from utils.runtime import pick_device, seed_everything
 
 
@@ -22,13 +23,14 @@ def parse_args(argv=None):
     p.add_argument("--data-root", type=Path, default=Path("hw2_data/digits"), help="folder holding svhn/")
     p.add_argument("--dataset", default="svhn", help="sub-folder of --data-root to train on")
     p.add_argument("--out", type=Path, default=Path("checkpoints/svhn_classifier.pt"), help="checkpoint to write")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, one-cycle)")
-    p.add_argument("--width", type=int, default=32, help="channels of the first block")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=positive_int, default=4, help="passes over the training images")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images per optimisation step (at most the number of training images)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (AdamW, one-cycle)")
+    p.add_argument("--width", type=positive_int, default=32, help="channels of the first block")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N training rows")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initialisation, order and augmentation")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     return p.parse_args(argv)
 
 
@@ -46,8 +48,14 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(args):
     device = pick_device(args.device)
+    check_writable_dir(args.out.parent, "--out's folder")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give the checkpoint's file name")
     gen = seed_everything(args.seed)
     images, labels = load_split(args.data_root, args.dataset, "train", args.limit)
+    if args.batch_size > len(images):
+        raise UserError(f"--batch-size {args.batch_size}: larger than the {len(images)} training images "
+                        "(no full batch to train on)")
     val = None
     if (args.data_root / args.dataset / "val.csv").is_file():
         val = load_split(args.data_root, args.dataset, "val")

@@ -11,7 +11,9 @@ nothing is downloaded. Learned embeddings live in EMBEDS_DIR/{token without <>}.
 import argparse
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach a model hub
@@ -35,11 +37,28 @@ from models.textual_inversion import (
     setup_training,
 )
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.cli import (
+    check_writable_dir,
+    finite_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    staged_dir,
+)
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
 from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
 from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, open_rgb, read_prompt_file
+from utils.training import (
+    LossMeter,
+    TrainLog,
+    accelerated,
+    describe,
+    generator_states,
+    process_generator,
+    resume_note,
+)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EMBEDS = ROOT / "checkpoints" / "p3_textual_inversion"
@@ -47,10 +66,36 @@ SAMPLERS = {"dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "pndm":
 PROG = "p3_textual_inversion.py"
 
 
+def token_arg(text: str) -> str:
+    """`--token`: a learned token is written in angle brackets, as the course's input.json names them."""
+    if not (LEARNED_TOKEN.fullmatch(text) and re.fullmatch(r"<\w[\w.-]*>", text)):  # it names files: no '/'
+        raise argparse.ArgumentTypeError(f"{text!r} must look like '<new1>': angle brackets around letters, "
+                                         "digits, '_', '-' or '.'")
+    return text
+
+
+def resolution_arg(text: str) -> int:
+    value = positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 8 (the VAE downsamples by 8)")
+    return value
+
+
+def template_arg(text: str) -> str:
+    """`figure --template`: exactly two '{}', one per token."""
+    try:
+        ok = text.count("{}") == 2 and text.format("A", "B").count("A") >= 1
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} must hold exactly two '{{}}' (one per token) and no other braces")
+    return text
+
+
 def parse_args(argv=None):
     fmt = argparse.ArgumentDefaultsHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    common.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (train under a launcher: auto or cuda)")
     common.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="model precision; learned embeddings stay fp32 "
                              "(auto: bf16 to train, fp16 to sample on CUDA, fp32 on CPU)")
@@ -61,11 +106,12 @@ def parse_args(argv=None):
     sampling.add_argument("--embeds-dir", type=Path, default=DEFAULT_EMBEDS,
                           help="folder of learned embeddings, one {token without <>}.safetensors per token")
     sampling.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpm++", help="diffusers scheduler")
-    sampling.add_argument("--steps", type=int, default=30, help="denoising steps")
-    sampling.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    sampling.add_argument("--batch-size", type=int, default=5, help="images per pipeline call")
-    sampling.add_argument("--resolution", type=int, default=512, help="image side in pixels")
-    sampling.add_argument("--seed", type=int, default=0, help="image i of every prompt starts from seed + i")
+    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
+    sampling.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
+    sampling.add_argument("--batch-size", type=positive_int, default=5, help="images per pipeline call")
+    sampling.add_argument("--resolution", type=resolution_arg, default=None,
+                          help="image side in pixels (default: the model's own, 512 for SD v1)")
+    sampling.add_argument("--seed", type=nonnegative_int, default=0, help="image i of every prompt starts from seed + i")
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -73,27 +119,34 @@ def parse_args(argv=None):
     t = sub.add_parser("train", parents=[common], formatter_class=fmt, help="learn a placeholder's embedding")
     t.add_argument("concept_dir", type=Path, help="folder of the concept's images (e.g. hw2_data/textual_inversion/0)")
     t.add_argument("model", type=Path, help="SD v1 checkpoint (.ckpt/.safetensors) or diffusers folder")
-    t.add_argument("--token", required=True, help="placeholder token, e.g. '<new1>'")
+    t.add_argument("--token", required=True, type=token_arg, help="placeholder token in angle brackets, e.g. '<new1>'")
     t.add_argument("--initializer", required=True, help="one-token word the embedding starts from, e.g. dog")
     t.add_argument("--style", action="store_true", help="caption with style templates ('a painting in the style of')")
-    t.add_argument("--num-vectors", type=int, default=1, help="embedding vectors learned for the placeholder")
-    t.add_argument("--steps", type=int, default=3000, help="optimisation steps")
-    t.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate (constant)")
-    t.add_argument("--batch-size", type=int, default=4, help="images per step")
-    t.add_argument("--resolution", type=int, default=512, help="training crop side in pixels")
+    t.add_argument("--num-vectors", type=positive_int, default=1, help="embedding vectors learned for the placeholder")
+    t.add_argument("--steps", type=positive_int, default=3000, help="optimisation steps")
+    t.add_argument("--lr", type=positive_float, default=5e-3, help="AdamW learning rate (constant)")
+    t.add_argument("--batch-size", type=positive_int, default=4,
+                   help="images per step and process: the global batch is this x the number of processes "
+                        "(accelerate launch --num_processes N)")
+    t.add_argument("--resolution", type=resolution_arg, default=512, help="training crop side in pixels")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random 75-100%% crops and horizontal flips (else centre crops)")
-    t.add_argument("--seed", type=int, default=0, help="seed of images, crops, captions, noise and timesteps")
+    t.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of images, crops, captions, noise and timesteps (process 0's; the others derive theirs)")
     t.add_argument("--embeds-dir", type=Path, default=DEFAULT_EMBEDS, help="where {token}.safetensors is written")
     t.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "p3_textual_inversion",
-                   help="resume state goes to RUN_DIR/{token}/last.pt")
-    t.add_argument("--save-every", type=int, default=500, help="save embeddings and resume state every N steps")
-    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/{token}/last.pt if it exists")
+                   help="resume state and train_log.jsonl go to RUN_DIR/{token without <>}/")
+    t.add_argument("--save-every", type=positive_int, default=500, help="save embeddings and resume state every N steps")
+    t.add_argument("--log-every", type=positive_int, default=50,
+                   help="every N steps: the mean loss to the progress bar and a line of RUN_DIR/{token}/train_log.jsonl")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR/{token}/last.pt if it exists, else start a fresh run there")
 
     g = sub.add_parser("generate", parents=[common, sampling], formatter_class=fmt,
                        help="the graded images of every concept and prompt of INPUT_JSON")
     g.add_argument("input_json", type=Path, help="the course's input.json")
-    g.add_argument("out_dir", type=Path, help="OUT_DIR/{concept id}/{prompt index}/{0..24}.png are written")
+    g.add_argument("out_dir", type=Path, help="OUT_DIR/{concept id}/{prompt index}/{0..24}.png are written; "
+                                              "an earlier OUT_DIR of this layout is replaced whole at the end")
     g.add_argument("model", type=Path, help="SD v1 checkpoint (.ckpt/.safetensors) or diffusers folder")
 
     e = sub.add_parser("evaluate", parents=[common], formatter_class=fmt, help="the course's CLIP scores")
@@ -108,11 +161,11 @@ def parse_args(argv=None):
                        help="two learned concepts in one prompt, both orders")
     f.add_argument("model", type=Path, help="SD v1 checkpoint (.ckpt/.safetensors) or diffusers folder")
     f.add_argument("out_png", type=Path, help="figure to write")
-    f.add_argument("--tokens", nargs=2, required=True, metavar="TOKEN",
+    f.add_argument("--tokens", nargs=2, required=True, metavar="TOKEN", type=token_arg,
                    help="two learned tokens, e.g. '<new1>' '<new3>'")
-    f.add_argument("--template", default="a {} next to a {}", help="prompt with two '{}'")
-    f.add_argument("--num", type=int, default=4, help="samples per prompt")
-    f.add_argument("--tile", type=int, default=256, help="tile side in the figure")
+    f.add_argument("--template", type=template_arg, default="a {} next to a {}", help="prompt with exactly two '{}'")
+    f.add_argument("--num", type=positive_int, default=4, help="samples per prompt")
+    f.add_argument("--tile", type=positive_int, default=256, help="tile side in the figure")
     return p.parse_args(argv)
 
 
@@ -136,46 +189,89 @@ def missing(paths: dict, args, hint: str = "") -> bool:
 TRAIN_HINT = f"learned embeddings come from `{PROG} train CONCEPT_DIR MODEL --token TOKEN --initializer WORD`"
 
 
-def prepare_sampling(args, tokens: list[str]):
+@dataclass(frozen=True)
+class Sampling:
+    """How every image is sampled: image i of a prompt starts from the CPU noise of seed + i."""
+    seed: int = 0
+    batch_size: int = 5
+    steps: int = 30
+    guidance: float = 7.5
+    resolution: int | None = None  # None: the model's own (unet sample_size x VAE factor, 512 for SD v1)
+
+
+def sampling_of(args) -> Sampling:
+    return Sampling(args.seed, args.batch_size, args.steps, args.guidance, args.resolution)
+
+
+def prepare_sampling(model: Path, embeds_dir: Path, tokens: list[str], sampler: str = "dpm++",
+                     device: str = "auto", dtype: str = "auto"):
     """The pipeline on its device with every learned token loaded (diffusers' load_textual_inversion)."""
-    device = pick_device(args.device)
-    pipe = load_pipeline(args.model)
+    chosen = pick_device(device)
+    pipe = load_pipeline(model)
     for token in tokens:
-        path = embeds_path(args.embeds_dir, token)
+        path = embeds_path(embeds_dir, token)
         stored, _ = load_learned_embeds(path)
         if stored != token:
             raise UserError(f"{path}: holds embeddings for {stored}, not {token}")
         pipe.load_textual_inversion(str(path), local_files_only=True)
-    pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
+    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, resolve_dtype(args.dtype, device, cuda="fp16"))
+    return pipe.to(chosen, resolve_dtype(dtype, chosen, cuda="fp16"))
 
 
-def sample(pipe, prompt: str, num: int, args) -> list:
-    return sample_images(pipe, prompt, num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-                         guidance=args.guidance, resolution=args.resolution)
+def sample(pipe, prompt: str, num: int, settings: Sampling) -> list:
+    resolution = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return sample_images(pipe, prompt, num, seed=settings.seed, batch_size=settings.batch_size, steps=settings.steps,
+                         guidance=settings.guidance, resolution=resolution)
 
 
 # ------------------------------------------------------------------------------------------- train
-def train(args):
+@dataclass
+class TrainResult:
+    embeds: Path                     # the learned embeddings, {token}.safetensors
+    text_encoder: object | None      # the text encoder with the learned rows (None if nothing was trained)
+    tokenizer: object | None
+    ids: list[int] | None            # the placeholder's token ids
+
+
+def check_run(last: Path, resume: bool) -> bool:
+    """True to resume from `last`; refuse to start a fresh run over an earlier one."""
+    check_writable_dir(last.parent, "--run-dir")
+    if last.exists() and not resume:
+        raise UserError(f"--run-dir {last.parent}: already holds a run of this token (last.pt); add --resume to "
+                        "continue it, or choose another --run-dir")
+    return resume and last.exists()
+
+
+def train(args) -> TrainResult | None:
     if missing({"concept images": args.concept_dir, "model": args.model}, args,
                "MODEL is the SD v1 checkpoint (sd-v1-4.ckpt) or a diffusers folder"):
         return None
-    last = args.run_dir / args.token.strip("<>") / "last.pt"
-    out = embeds_path(args.embeds_dir, args.token)
+    with accelerated(args.device, args.dtype, cuda="bf16", cpu="fp32") as (accelerator, dtype):
+        return _train(args, accelerator, dtype)
+
+
+def _train(args, accelerator, dtype) -> TrainResult:
+    main_process = accelerator.is_main_process
+    line = describe(accelerator)
+    if main_process:
+        print(line, flush=True)
+    run = args.run_dir / args.token.strip("<>")
+    last, out = run / "last.pt", embeds_path(args.embeds_dir, args.token)
+    check_writable_dir(args.embeds_dir, "--embeds-dir")
     state = None
-    if args.resume and last.exists():
-        state = load_checkpoint(last, required=("config", "step", "vectors", "adam", "generator"),
+    if check_run(last, args.resume):
+        state = load_checkpoint(last, required=("config", "step", "vectors", "adam"),
                                 what="textual-inversion resume state")
         if (state["config"].get("token"), state["config"].get("num_vectors")) != (args.token, args.num_vectors):
             raise UserError(f"{last}: was trained with {state['config']}, not token {args.token} "
                             f"with {args.num_vectors} vectors")
         if state["step"] >= args.steps and out.exists():
-            print(f"{args.token}: already trained for {state['step']} steps ({out})")
-            return argparse.Namespace(embeds=out, text_encoder=None, tokenizer=None, ids=None)
-    device = pick_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, cuda="bf16")
-    gen = seed_everything(args.seed)
+            if main_process:
+                print(f"{args.token}: already trained for {state['step']} steps ({out})")
+            return TrainResult(out, None, None, None)
+    device = accelerator.device
+    seed_everything(args.seed)
     data = ConceptImages(args.concept_dir, args.resolution, augment=args.augment, style=args.style)
     pipe = load_pipeline(args.model)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
@@ -185,44 +281,75 @@ def train(args):
     weight, original, opt = setup_training(pipe, device, dtype, args.lr)
 
     config = {"token": args.token, "initializer": args.initializer, "num_vectors": args.num_vectors,
-              "style": args.style, "model": args.model.name, "resolution": args.resolution}
-    step = 0
+              "style": args.style, "model": args.model.name, "resolution": args.resolution,
+              "training": {"num_processes": accelerator.num_processes, "batch_per_process": args.batch_size,
+                           "global_batch": args.batch_size * accelerator.num_processes}}
+    step, saved_gens = 0, None
     if state is not None:
         with torch.no_grad():
             weight[ids] = state["vectors"].to(weight)
         load_adam_rows(opt, weight, ids, state["adam"])
-        gen.set_state(state["generator"])
         step = state["step"]
-        print(f"resuming from {last} at step {step}")
+        saved_gens = state.get("generators", [state["generator"]] if "generator" in state else None)
+        if main_process:
+            print(f"resuming from {last} at step {step}")
+            note = resume_note(state["config"].get("training"), accelerator, args.batch_size)
+            if note:
+                print(note)
+    gen = process_generator(accelerator, args.seed, saved_gens, step)
+    opt = accelerator.prepare(opt)  # text encoder not wrapped in DDP: `average` below sends the learned rows only
+    average = None if accelerator.num_processes == 1 else lambda rows: accelerator.reduce(rows, reduction="mean")
 
     def save():
-        save_learned_embeds(out, args.token, weight[ids], {**config, "steps": step})
-        save_checkpoint({"config": config, "step": step, "vectors": weight[ids].detach().cpu(),
-                         "adam": adam_rows(opt, weight, ids), "generator": gen.get_state()}, last)
+        gens = generator_states(gen)  # collective: every process takes part
+        if main_process:
+            save_learned_embeds(out, args.token, weight[ids], {**config, "steps": step})
+            save_checkpoint({"config": config, "step": step, "vectors": weight[ids].detach().cpu(),
+                             "adam": adam_rows(opt, weight, ids), "generators": gens}, last)
 
-    print(f"{args.token} ({args.num_vectors} vector(s), from '{args.initializer}'): {len(data)} images, "
-          f"device {device}, {dtype}, steps {step}->{args.steps}")
-    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.token}", disable=args.quiet, dynamic_ncols=True)
-    start, running = time.time(), None
+    if main_process:
+        print(f"{args.token} ({args.num_vectors} vector(s), from '{args.initializer}'): {len(data)} images, "
+              f"{dtype}, batch {args.batch_size} x {accelerator.num_processes} process(es), steps {step}->{args.steps}")
+    log, meter = TrainLog(run / "train_log.jsonl", main_process), LossMeter(accelerator)
+    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.token}", disable=args.quiet or not main_process,
+               dynamic_ncols=True)
+    start, start_step = time.time(), step
     while step < args.steps:
         pixels, templates = data.batch(args.batch_size, gen)
         input_ids = tokenizer([t.format(placeholder) for t in templates], padding="max_length", truncation=True,
                               max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
         loss = diffusion_loss(unet, vae, text_encoder, scheduler, pixels, input_ids, gen)
-        optimise(opt, loss, weight, original, ids)
+        optimise(opt, loss, weight, original, ids, backward=accelerator.backward, average=average)
         step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        meter.add(loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        if step % args.save_every == 0:
+        if step % args.log_every == 0 or step == args.steps:
+            mean = meter.mean()
+            log.write(step, mean, args.lr)
+            bar.set_postfix(loss=f"{mean:.4f}")
+        if step % args.save_every == 0 or step == args.steps:
             save()
     bar.close()
-    save()
-    print(f"done: {step} steps in {time.time() - start:.0f} s; embeddings {out}")
-    return argparse.Namespace(embeds=out, text_encoder=text_encoder, tokenizer=tokenizer, ids=ids)
+    accelerator.wait_for_everyone()
+    if main_process:
+        print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; embeddings {out}")
+    return TrainResult(out, text_encoder, tokenizer, ids)
 
 
 # ---------------------------------------------------------------------------------------- generate
+def generated_layout(folder: Path) -> bool:
+    """True if `folder` holds only what `generate` writes ({id}/{prompt index}/{k}.png), so it may be replaced."""
+    for entry in folder.iterdir():
+        if not entry.is_dir():
+            return False
+        for prompt in entry.iterdir():
+            if not (prompt.is_dir() and prompt.name.isdigit()):
+                return False
+            if any(not (f.is_file() and f.suffix == ".png" and f.stem.isdigit()) for f in prompt.iterdir()):
+                return False
+    return True
+
+
 def generate(args):
     if missing({"prompt json": args.input_json}, args):
         return None
@@ -231,14 +358,20 @@ def generate(args):
     if missing({"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
                                         for t in tokens}}, args, TRAIN_HINT):
         return None
-    pipe = prepare_sampling(args, tokens)
+    check_writable_dir(args.out_dir)
+    if args.out_dir.exists() and not generated_layout(args.out_dir):
+        raise UserError(f"OUT_DIR {args.out_dir}: holds files `generate` did not write; it would be replaced whole, "
+                        "so choose a new or empty folder")
+    pipe = prepare_sampling(args.model, args.embeds_dir, tokens, args.sampler, args.device, args.dtype)
+    settings = sampling_of(args)
     jobs = [(c.id, i, p) for c in concepts for i, p in enumerate(c.prompts)]
     start = time.time()
-    for cid, i, prompt in tqdm(jobs, desc="generate", disable=args.quiet, dynamic_ncols=True):
-        folder = args.out_dir / cid / str(i)
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, image in enumerate(sample(pipe, prompt, IMAGES_PER_PROMPT, args)):
-            image.save(folder / f"{k}.png")
+    with staged_dir(args.out_dir) as staging:  # a rerun never leaves a mix of old and new images
+        for cid, i, prompt in tqdm(jobs, desc="generate", disable=args.quiet, dynamic_ncols=True):
+            folder = staging / cid / str(i)
+            folder.mkdir(parents=True)
+            for k, image in enumerate(sample(pipe, prompt, IMAGES_PER_PROMPT, settings)):
+                image.save(folder / f"{k}.png")
     print(f"wrote {len(jobs)} x {IMAGES_PER_PROMPT} images to {args.out_dir} in {time.time() - start:.0f} s")
     return args.out_dir
 
@@ -280,11 +413,13 @@ def figure(args):
     if missing({"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
                                         for t in args.tokens}}, args, TRAIN_HINT):
         return None
-    pipe = prepare_sampling(args, list(args.tokens))
+    check_writable_dir(args.out_png.parent, "OUT_PNG's folder")
+    pipe = prepare_sampling(args.model, args.embeds_dir, list(args.tokens), args.sampler, args.device, args.dtype)
+    settings = sampling_of(args)
     prompts = [args.template.format(a, b), args.template.format(b, a)]
     rows = []
     for prompt in tqdm(prompts, desc="figure", disable=args.quiet):
-        rows.append([np.asarray(im.resize((args.tile, args.tile))) for im in sample(pipe, prompt, args.num, args)])
+        rows.append([np.asarray(im.resize((args.tile, args.tile))) for im in sample(pipe, prompt, args.num, settings)])
     args.out_png.parent.mkdir(parents=True, exist_ok=True)
     labelled_grid(np.array(rows), row_labels=prompts, scale=1,
                   title=f"two learned concepts in one prompt (seeds {args.seed}..{args.seed + args.num - 1})"

@@ -163,3 +163,26 @@ class ClassifierFreeGuidance:
             eps_c, eps_u = both.chunk(2)
             out.append((1 + self.w) * eps_c - self.w * eps_u)
         return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------ training
+def drop_condition(cond: Sequence[torch.Tensor], null: Sequence[int], p_uncond: float,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """Condition dropout of classifier-free guidance (Ho & Salimans 2022, algorithm 1).
+
+    With probability `p_uncond` an image's every condition becomes its null class, together
+    (one draw per image, `torch.rand(B)` from `generator`), so the network also learns eps(x, t, null).
+    cond: tensors (B,) of class indices; null: one null index per tensor.
+    """
+    drop = torch.rand(cond[0].shape[0], generator=generator).to(cond[0].device) < p_uncond
+    return tuple(c.masked_fill(drop, n) for c, n in zip(cond, null))
+
+
+def epsilon_loss(model, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, noise: torch.Tensor,
+                 cond: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The simplified DDPM objective (Ho et al. 2020, eq. 14): mean ||eps - eps_theta(x_t, t, *cond)||^2.
+
+    x0 and noise (B, C, H, W), t (B,) indexes alpha_bar; the prediction is compared in float32.
+    """
+    pred = model(q_sample(x0, t, alpha_bar, noise), t, *cond)
+    return torch.nn.functional.mse_loss(pred.float(), noise.float())

@@ -6,7 +6,9 @@ A placeholder such as `<new1>` gets `n` new rows of the text encoder's token-emb
 trained; every other row is restored after each optimiser step. The result is saved as
 `{token: (n, dim)}` in a safetensors file, the format `load_textual_inversion` reads.
 """
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,9 +53,15 @@ def restore_rows(weight: torch.Tensor, original: torch.Tensor, trained_ids: list
     weight[keep] = original[keep].to(weight)
 
 
-def setup_training(pipe, device: torch.device, dtype: torch.dtype, lr: float):
+class TrainingSetup(NamedTuple):
+    weight: torch.Tensor                # the text encoder's token-embedding matrix (V, D), the one trained tensor
+    original: torch.Tensor              # a copy of it before training, to restore the rows not learned
+    optimizer: torch.optim.Optimizer    # AdamW over `weight`
+
+
+def setup_training(pipe, device: torch.device, dtype: torch.dtype, lr: float) -> TrainingSetup:
     """Freeze the pipeline but its token embeddings; UNet and VAE in `dtype` on `device`, the text encoder
-    in float32 (it holds the learned rows). Returns (embedding weight, a copy of it, its AdamW optimiser)."""
+    in float32 (it holds the learned rows)."""
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
     pipe.unet.to(device, dtype)
@@ -63,14 +71,22 @@ def setup_training(pipe, device: torch.device, dtype: torch.dtype, lr: float):
         pipe.unet.enable_gradient_checkpointing()  # activations, not weights, fill the card when training
     weight = pipe.text_encoder.get_input_embeddings().weight.requires_grad_(True)
     # weight decay as in diffusers' example; `optimise` restores every row but the learned ones anyway
-    return weight, weight.detach().clone(), torch.optim.AdamW([weight], lr=lr, weight_decay=1e-2)
+    return TrainingSetup(weight, weight.detach().clone(), torch.optim.AdamW([weight], lr=lr, weight_decay=1e-2))
 
 
 def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, weight: torch.Tensor, original: torch.Tensor,
-             trained_ids: list[int]) -> None:
-    """One optimiser step on the embeddings, then every row but `trained_ids` is restored."""
+             trained_ids: list[int], *, backward: Callable[[torch.Tensor], None] | None = None,
+             average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """One optimiser step on the embeddings, then every row but `trained_ids` is restored.
+
+    `backward(loss)` replaces `loss.backward()` (accelerate's, which scales an fp16 loss); `average(rows)`
+    averages the learned rows' gradient over processes (data parallelism: only those rows are kept, so
+    only they travel, not the whole (V, D) gradient).
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (backward or torch.Tensor.backward)(loss)
+    if average is not None:
+        weight.grad[trained_ids] = average(weight.grad[trained_ids])
     optimizer.step()
     restore_rows(weight, original, trained_ids)
 

@@ -253,6 +253,25 @@ def test_train_resumes_exactly_with_two_vectors(tiny_sd, shared, tmp_path):
     assert again.text_encoder is None and torch.equal(load_learned_embeds(again.embeds)[1], b)  # nothing to do
 
 
+def test_train_refuses_bad_tokens_and_an_earlier_run(tiny_sd, shared, tmp_path, cli_error):
+    (tmp_path / "embeds").mkdir()
+    (tmp_path / "embeds" / "new1.safetensors").write_bytes(b"another token's file")
+    for token in ("new1", "<new 1>", "<new1", "<../new1>", "<a/b>"):
+        with cli_error("--token: .* must look like '<new1>'"):
+            p3.main(train_args(tiny_sd, shared, tmp_path, "--steps", "1")[:4] + [token]
+                    + train_args(tiny_sd, shared, tmp_path, "--steps", "1")[5:])
+    assert (tmp_path / "embeds" / "new1.safetensors").read_bytes() == b"another token's file"
+    for flag, value in (("--steps", "0"), ("--batch-size", "0"), ("--save-every", "0"), ("--lr", "inf"),
+                        ("--resolution", "30")):
+        with cli_error(f"argument {flag}"):
+            p3.main(train_args(tiny_sd, shared, tmp_path, flag, value))
+    (tmp_path / "runs" / "new1").mkdir(parents=True)
+    (tmp_path / "runs" / "new1" / "last.pt").write_bytes(b"an earlier run")
+    with cli_error("already holds a run of this token .*add --resume"):
+        p3.main(train_args(tiny_sd, shared, tmp_path, "--steps", "1"))
+    assert (tmp_path / "runs" / "new1" / "last.pt").read_bytes() == b"an earlier run"
+
+
 def test_train_skip_missing_model(shared, tmp_path, capsys):
     args = ["train", str(shared / "hw2_data/textual_inversion/0"), str(tmp_path / "sd-v1-4.ckpt"),
             "--token", "<new1>", "--initializer", "dog", "--skip-missing"]
@@ -301,13 +320,11 @@ def test_generate_writes_the_course_layout(generated):
 
 
 def test_sampling_does_not_depend_on_the_batch_size(tiny_sd, embeds_dir):
-    args = p3.parse_args(["generate", "x.json", "out", str(tiny_sd[0]), "--embeds-dir", str(embeds_dir),
-                          "--steps", "2", *RES])
-    pipe = p3.prepare_sampling(args, ["<new1>", "<new3>"])
-    args.batch_size = 3
-    together = [np.asarray(im, dtype=int) for im in p3.sample(pipe, "a <new1> next to a <new3>", 3, args)]
-    args.batch_size = 1
-    alone = [np.asarray(im, dtype=int) for im in p3.sample(pipe, "a <new1> next to a <new3>", 3, args)]
+    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
+    prompt = "a <new1> next to a <new3>"
+    together = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, p3.Sampling(batch_size=3, steps=2))]
+    alone = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, p3.Sampling(batch_size=1, steps=2))]
+    assert together[0].shape == (32, 32, 3)  # the tiny model's own size (16 latent pixels x 2)
     assert all(np.abs(x - y).max() <= 1 for x, y in zip(together, alone))
     assert np.abs(together[0] - together[1]).max() > 0
 
@@ -322,11 +339,107 @@ def test_generate_without_embeddings_says_so(tiny_sd, tmp_path, capsys, cli_erro
     assert "skipped" in capsys.readouterr().out and not (tmp_path / "out").exists()
 
 
+def test_generate_rerun_replaces_the_folder_whole(tiny_sd, embeds_dir, tmp_path, monkeypatch, cli_error):
+    one = {"0": {"token_name": "<new1>", "prompt": ["A <new1> on a bench."]}}
+    (tmp_path / "input.json").write_text(json.dumps(one))
+    out = tmp_path / "out"
+    argv = ["generate", str(tmp_path / "input.json"), str(out), str(tiny_sd[0]), "--embeds-dir", str(embeds_dir),
+            "--steps", "1", "--batch-size", "25", "--quiet", *RES]
+    (out / "0" / "3").mkdir(parents=True)  # an earlier run's prompt that this input.json no longer has
+    Image.new("RGB", (32, 32)).save(out / "0" / "3" / "0.png")
+    p3.main(argv)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()) == ["0", "0/0"]
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert len(before) == 25
+
+    calls = []
+
+    def fails_midway(*args, **kwargs):  # an interrupted rerun: the earlier images must all stay as they were
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(p3, "sample", fails_midway)
+    with pytest.raises(KeyboardInterrupt):
+        p3.main(argv + ["--seed", "7"])
+    assert calls and {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.json", "out"]  # no staging folder left behind
+    monkeypatch.undo()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with cli_error("OUT_DIR .*mine: holds files `generate` did not write"):
+        p3.main(argv[:2] + [str(tmp_path / "mine")] + argv[3:])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_hw2_3_sh_writes_the_graded_layout(tiny_sd, shared, tmp_path):
+    """The grading wrapper itself with its defaults, on a copy of the project whose checkpoints/ holds tiny
+    learned embeddings, one prompt, and the tiny model with 8 x 8 latents (its own size: 16 px)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from models.textual_inversion import save_learned_embeds as save
+    root, project = Path(p3.__file__).resolve().parent, tmp_path / "project"
+    for folder in ("models", "utils"):
+        shutil.copytree(root / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("hw2_3.sh", "p3_textual_inversion.py"):
+        shutil.copy(root / name, project / name)
+    model = shutil.copytree(tiny_sd[0], tmp_path / "model")
+    unet_config = json.loads((model / "unet" / "config.json").read_text())
+    (model / "unet" / "config.json").write_text(json.dumps({**unet_config, "sample_size": 8}))
+    course = json.loads((shared / "hw2_data/textual_inversion/input.json").read_text())
+    one = {"0": {**course["0"], "prompt": course["0"]["prompt"][:1]}}
+    one["0"].pop("prompt_4_clip_eval", None), one["0"].pop("baseline", None)
+    (tmp_path / "input.json").write_text(json.dumps(one))
+    token = one["0"]["token_name"]
+    embeds = project / "checkpoints" / "p3_textual_inversion"
+    save(p3.embeds_path(embeds, token), token, torch.randn(1, 32, generator=torch.Generator().manual_seed(0)))
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    usage = subprocess.run(["bash", str(project / "hw2_3.sh"), "a"], env=env, capture_output=True, text=True,
+                           check=False)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    result = subprocess.run(["bash", str(project / "hw2_3.sh"), str(tmp_path / "input.json"), str(tmp_path / "out"),
+                             str(model)], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")) == \
+        ["0", "0/0"] + sorted(f"0/0/{k}.png" for k in range(25))
+    # the graded defaults (30 DPM-Solver++ steps, seed 0, guidance 7.5, the model's own size): image 0 as here
+    pipe = p3.prepare_sampling(model, embeds, [token])
+    first = np.asarray(p3.sample(pipe, one["0"]["prompt"][0], 1, p3.Sampling())[0], dtype=int)
+    written = np.asarray(Image.open(tmp_path / "out" / "0" / "0" / "0.png"), dtype=int)
+    assert written.shape == (16, 16, 3) and np.abs(written - first).max() <= 1
+
+
+def find_tile(figure: np.ndarray, tile: np.ndarray) -> tuple[int, int] | None:
+    """(y, x) of the one place where `tile` appears pixel for pixel in `figure`, or None."""
+    h, w, _ = tile.shape
+    found = [(y, x) for y, x in np.argwhere((figure[:-h + 1, :-w + 1] == tile[0, 0]).all(-1))
+             if np.array_equal(figure[y:y + h, x:x + w], tile)]
+    return tuple(int(v) for v in found[0]) if len(found) == 1 else None
+
+
 def test_figure_has_both_orders(tiny_sd, embeds_dir, tmp_path):
     out = p3.main(["figure", str(tiny_sd[0]), str(tmp_path / "fig.png"), "--tokens", "<new1>", "<new3>",
                    "--embeds-dir", str(embeds_dir), "--steps", "2", "--num", "2", "--tile", "32", "--quiet", *RES])
-    width, height = Image.open(out).size
-    assert height > 2 * 32 and width > 2 * 32
+    figure = np.asarray(Image.open(out).convert("RGB"))
+    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
+    rows = [[np.asarray(im) for im in p3.sample(pipe, prompt, 2, p3.Sampling(steps=2, resolution=32))]
+            for prompt in ("a <new1> next to a <new3>", "a <new3> next to a <new1>")]
+    assert not np.array_equal(rows[0][0], rows[1][0])  # the order of the tokens changes the image
+    (a, b), (c, d) = [[find_tile(figure, tile) for tile in row] for row in rows]
+    assert None not in (a, b, c, d), "a generated image is missing from the figure"
+    assert a[0] == b[0] < c[0] == d[0]                 # one row per order, <new1> first on top
+    assert a[1] == c[1] < b[1] == d[1]                 # images in seed order, left to right
+
+
+def test_figure_template_and_tokens_are_checked(tiny_sd, embeds_dir, tmp_path, cli_error):
+    base = ["figure", str(tiny_sd[0]), str(tmp_path / "fig.png"), "--embeds-dir", str(embeds_dir)]
+    for template in ("a {} and a dog", "{} {} {}", "a {0} next to a {1}", "a {} next to a {} {"):
+        with cli_error("--template: .* exactly two"):
+            p3.main([*base, "--tokens", "<new1>", "<new3>", "--template", template])
+    with cli_error("--tokens: 'new1' must look like '<new1>'"):
+        p3.main([*base, "--tokens", "new1", "<new3>"])
+    assert not (tmp_path / "fig.png").exists()
 
 
 # --------------------------------------------------------------------------------------- evaluate

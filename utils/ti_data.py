@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +58,13 @@ def open_rgb(path: Path) -> Image.Image:
         raise UserError(f"{path}: cannot read image ({e})") from None
 
 
+class Crop(NamedTuple):
+    top: int
+    left: int
+    side: int    # a square of side x side pixels
+    flip: bool   # mirrored left-right
+
+
 class ConceptImages:
     """A concept's few images, each kept as (3, H, W) in [-1, 1] with its short side = `resolution`.
 
@@ -83,27 +91,30 @@ class ConceptImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def _crop(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        _, h, w = x.shape
-        side = min(h, w)
-        if self.augment:
-            side = int(side * (0.75 + 0.25 * torch.rand((), generator=generator).item()))
-            top = int(torch.randint(0, h - side + 1, (), generator=generator))
-            left = int(torch.randint(0, w - side + 1, (), generator=generator))
-        else:
-            top, left = (h - side) // 2, (w - side) // 2
-        x = x[:, top:top + side, left:left + side]
-        if side != self.resolution:
+    def crop_params(self, height: int, width: int, generator: torch.Generator) -> Crop:
+        """Where to crop an image of this size: with augmentation a square of 75-100 % of the short side at a
+        random place, flipped half the time (four draws from `generator`, in this order); else the centre."""
+        side = min(height, width)
+        if not self.augment:
+            return Crop((height - side) // 2, (width - side) // 2, side, False)
+        side = int(side * (0.75 + 0.25 * torch.rand((), generator=generator).item()))
+        top = int(torch.randint(0, height - side + 1, (), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (), generator=generator))
+        return Crop(top, left, side, bool(torch.rand((), generator=generator) < 0.5))
+
+    def apply_crop(self, x: torch.Tensor, crop: Crop) -> torch.Tensor:
+        """(3, H, W) -> (3, R, R): the crop resized (bicubic, antialiased) to `resolution`, mirrored if `crop.flip`."""
+        x = x[:, crop.top:crop.top + crop.side, crop.left:crop.left + crop.side]
+        if crop.side != self.resolution:
             x = F.interpolate(x[None], size=(self.resolution,) * 2, mode="bicubic", antialias=True,
                               align_corners=False)[0].clamp(-1, 1)
-        if self.augment and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return x
+        return x.flip(-1) if crop.flip else x
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         """Pixels (B, 3, R, R) in [-1, 1] and caption templates with one '{}' for the placeholder."""
         idx = torch.randint(0, len(self.images), (size,), generator=generator).tolist()
-        pixels = torch.stack([self._crop(self.images[i], generator) for i in idx])
+        pixels = torch.stack([self.apply_crop(x, self.crop_params(*x.shape[1:], generator))
+                              for x in (self.images[i] for i in idx)])
         caps = torch.randint(0, len(self.templates), (size,), generator=generator).tolist()
         return pixels, [self.templates[c] for c in caps]
 
