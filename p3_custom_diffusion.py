@@ -47,7 +47,16 @@ from models.sd_loading import load_pipeline
 from models.textual_inversion import adam_rows, load_adam_rows, restore_rows, sample_images
 from p3_textual_inversion import SAMPLERS, embeds_path, prepare_sampling
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import check_writable_dir, finite_float, nonnegative_float, positive_float, positive_int, staged_dir
+from utils.cli import (
+    check_writable_dir,
+    finite_float,
+    missing_paths,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    skip_missing,
+    staged_dir,
+)
 from utils.clip_score import IMAGES_PER_PROMPT
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
@@ -145,15 +154,8 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------------------- helpers
 def missing(paths: dict, args, hint: str = "") -> bool:
-    """True (after printing what is missing) if --skip-missing and some input is absent; else exit on it."""
-    absent = [f"{what}: {path}" for what, path in paths.items() if not Path(path).exists()]
-    if not absent:
-        return False
-    message = f"{PROG} {args.command}: missing " + "; ".join(absent)
-    if args.skip_missing:
-        print(f"{message} -- skipped")
-        return True
-    raise UserError(message.removeprefix(f"{PROG} {args.command}: ") + (f" ({hint})" if hint else ""))
+    """True if --skip-missing and some input is absent (after saying which); a UserError without the flag."""
+    return skip_missing(f"{PROG} {args.command}", missing_paths(paths), args.skip_missing, hint)
 
 
 def check_tokens(tokens: list[str], flag: str = "--tokens") -> None:
@@ -443,9 +445,8 @@ def figure(args):
         return None
     check_writable_dir(args.out_png.parent, "OUT_PNG's folder")
     prompts = [args.template.format(a, b), args.template.format(b, a)]
-    loaders = {METHODS[0]: lambda: prepare_sampling(argparse.Namespace(
-                   device=args.device, model=args.model, embeds_dir=args.ti_embeds, sampler=args.sampler,
-                   dtype=args.dtype), list(args.tokens)),
+    loaders = {METHODS[0]: lambda: prepare_sampling(args.model, args.ti_embeds, list(args.tokens), args.sampler,
+                                                    args.device, args.dtype),
                METHODS[1]: lambda: custom_pipeline(args, args.joint),
                METHODS[2]: lambda: custom_pipeline(args, args.merged)}
     images, rows, labels = {}, [], []

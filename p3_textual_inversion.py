@@ -40,9 +40,11 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
     check_writable_dir,
     finite_float,
+    missing_paths,
     nonnegative_int,
     positive_float,
     positive_int,
+    skip_missing,
     staged_dir,
 )
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
@@ -175,15 +177,8 @@ def embeds_path(embeds_dir: Path, token: str) -> Path:
 
 
 def missing(paths: dict, args, hint: str = "") -> bool:
-    """True (after printing what is missing) if --skip-missing and some input is absent; else exit on it."""
-    absent = [f"{what}: {path}" for what, path in paths.items() if not Path(path).exists()]
-    if not absent:
-        return False
-    message = f"{PROG} {args.command}: missing " + "; ".join(absent)
-    if args.skip_missing:
-        print(f"{message} -- skipped")
-        return True
-    raise UserError(message.removeprefix(f"{PROG} {args.command}: ") + (f"\n({hint})" if hint else ""))
+    """True if --skip-missing and some input is absent (after saying which); a UserError without the flag."""
+    return skip_missing(f"{PROG} {args.command}", missing_paths(paths), args.skip_missing, hint)
 
 
 TRAIN_HINT = f"learned embeddings come from `{PROG} train CONCEPT_DIR MODEL --token TOKEN --initializer WORD`"

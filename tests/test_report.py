@@ -192,9 +192,10 @@ def test_every_link_resolves_and_every_image_opens(outputs):
     targets = links(text)
     images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
     clip = json.loads((out / "p3_clip/results.json").read_text())
-    # P1 grids and reverse process, accuracy curve, P2 images, eta sweep and interpolation, CLIP cases and
-    # cases.png, one image per textual-inversion prompt
-    assert len(images) == 4 + 1 + 4 + 2 + len(clip["successes"]) + len(clip["failures"]) + 1 + 2
+    # P1 grids and reverse process, the loss curve (the run's train_log.jsonl) and the accuracy curve, P2
+    # images, eta sweep and interpolation, CLIP cases and cases.png, one image per textual-inversion prompt
+    assert (run / "train_log.jsonl").is_file()
+    assert len(images) == 4 + 2 + 4 + 2 + len(clip["successes"]) + len(clip["failures"]) + 1 + 2
     for target in targets:
         assert not target.startswith("/") and "://" not in target, f"{target}: not a relative link"
         path = out / unquote(target)
@@ -202,7 +203,7 @@ def test_every_link_resolves_and_every_image_opens(outputs):
         if path.suffix == ".png":
             with Image.open(path) as im:
                 im.verify()
-    assert "report_files/p1_accuracy_vs_step.png" in targets
+    assert "report_files/p1_accuracy_vs_step.png" in targets and "report_files/p1_training_loss.png" in targets
 
 
 def test_missing_inputs_say_what_to_provide_and_p1_stays_complete(outputs, tmp_path):

@@ -84,8 +84,8 @@ def skip_missing(prog: str, missing: list[str], skip: bool, hint: str = "") -> b
     is missing and return True (the caller returns without writing); missing otherwise -> UserError."""
     if not missing:
         return False
-    listing = "\n- " + "\n- ".join(missing)
+    listing = "missing " + "; ".join(missing)
     if skip:
-        print(f"{prog}: skipped, missing:{listing}")
+        print(f"{prog}: skipped, {listing}")
         return True
-    raise UserError(f"missing:{listing}" + (f"\n({hint})" if hint else ""))
+    raise UserError(listing + (f" ({hint})" if hint else ""))
