@@ -133,6 +133,17 @@ def ddim_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, 
                  final_alpha_bar)
 
 
+def trailing_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
+    """`num_steps` descending timesteps `round(T - i T / S) - 1`: "trailing" spacing (diffusers'
+    `timestep_spacing="trailing"`, Lin et al. 2024, table 2): 499, 399, 299, 199, 99 for T = 500 and
+    5 steps. It starts at T - 1, where x_T is pure noise, and spends no step near t = 0; few-step
+    multistep solvers need it (`spaced_timesteps`' 400, ..., 100, 0 wastes its last step on t = 0).
+    """
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps must be in 1..{num_train_steps}, got {num_steps}")
+    return [round(num_train_steps - i * num_train_steps / num_steps) - 1 for i in range(num_steps)]
+
+
 def _check_timesteps(timesteps: Sequence[int]) -> list[int]:
     timesteps = [int(t) for t in timesteps]
     if any(a <= b for a, b in zip(timesteps, timesteps[1:])):

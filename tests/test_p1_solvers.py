@@ -10,6 +10,7 @@ from models.diffusion import (
     dpmpp_2m_sample,
     linear_betas,
     spaced_timesteps,
+    trailing_timesteps,
     unipc_sample,
 )
 
@@ -21,6 +22,14 @@ def dummy_model(x, t):
     """diffusers' scheduler-test model: eps = x * t / (t + 1)."""
     t = t.to(x.dtype).view(-1, 1, 1, 1)
     return x * t / (t + 1)
+
+
+@pytest.mark.parametrize("T, steps", [(500, 5), (500, 7), (500, 1), (500, 500), (1000, 13)])
+def test_trailing_timesteps_are_diffusers_trailing(T, steps):
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    assert trailing_timesteps(T, steps) == sched.timesteps.tolist()
+    assert trailing_timesteps(500, 5) == [499, 399, 299, 199, 99]
 
 
 def _on_our_grid(sched, timesteps):
@@ -53,9 +62,10 @@ def _assert_same(seen, out, ref, x, atol):
     assert torch.allclose(out, x, rtol=0, atol=atol), (out - x).abs().max()
 
 
-@pytest.mark.parametrize("steps", [1, 2, 5, 10, 20])
-def test_dpmpp_2m_matches_diffusers_step_by_step(steps):
-    timesteps = spaced_timesteps(T, steps)
+@pytest.mark.parametrize("steps, spacing", [(1, spaced_timesteps), (2, spaced_timesteps), (5, spaced_timesteps),
+                                            (5, trailing_timesteps), (10, trailing_timesteps), (20, spaced_timesteps)])
+def test_dpmpp_2m_matches_diffusers_step_by_step(steps, spacing):
+    timesteps = spacing(T, steps)
     sched = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
                                         algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
                                         lower_order_final=True, final_sigmas_type="zero")
@@ -65,9 +75,10 @@ def test_dpmpp_2m_matches_diffusers_step_by_step(steps):
     _assert_same(seen, out, ref, x, atol=1e-5)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 20])
-def test_unipc_matches_diffusers_step_by_step(steps):
-    timesteps = spaced_timesteps(T, steps)
+@pytest.mark.parametrize("steps, spacing", [(1, spaced_timesteps), (2, spaced_timesteps), (3, spaced_timesteps),
+                                            (5, trailing_timesteps), (10, trailing_timesteps), (20, spaced_timesteps)])
+def test_unipc_matches_diffusers_step_by_step(steps, spacing):
+    timesteps = spacing(T, steps)
     sched = UniPCMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
                                     solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True,
                                     final_sigmas_type="zero")
