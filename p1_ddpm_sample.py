@@ -117,7 +117,7 @@ def _guided(net, digit, dset, settings: Settings, dtype, device) -> ClassifierFr
 
 
 def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int = 50, seed: int = 0,
-           dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
+           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
            progress: bool = False) -> np.ndarray:
     """Every graded image, uint8 (S, 10, per_digit, 28, 28, 3): data set, digit, k."""
     datasets, n = config["datasets"], per_digit
@@ -135,7 +135,7 @@ def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int =
 
 
 def reverse_process(net, config: dict, settings: Settings = DEFAULTS, *, seed: int = 0,
-                    dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                     progress: bool = False) -> ReverseProcess:
     """A "0" of each data set through the ancestral DDPM sampler over all T steps (its own generator,
     seeded with `seed`), whatever sampler made the graded images; its states at `reverse_points(T)`."""

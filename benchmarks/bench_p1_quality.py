@@ -88,7 +88,7 @@ def main(argv=None):
                          "mean": (scores["mnistm"] + scores["svhn"]) / 2,
                          "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
             r = rows[-1]
-            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {str(iv):12s} F={forwards:2d} "
+            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} F={forwards:2d} "
                   f"units={r['units'] if ratio is None else round(r['units'], 2)!s:5s} "
                   f"MNIST-M {r['mnistm']:.3f} SVHN* {r['svhn']:.3f}  {r['seconds_per_1000']:.0f} s/1000", flush=True)
     print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row, seed {args.seed}")
@@ -96,7 +96,7 @@ def main(argv=None):
           f"{'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000':>7s}")
     for r in rows:
         units = "" if r["units"] is None else f"{r['units']:.2f}"
-        print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {str(r['interval']):>12s} "
+        print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
               f"{r['forwards_per_image']:3d} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
               f"{r['seconds_per_1000']:7.0f}")
     print("F = network forwards per image; * SVHN here is the synthetic stand-in of ../shared, judged by the "

@@ -9,6 +9,7 @@ Conventions (those of DDPM, DDIM and `diffusers`):
   that never draws its own starting noise.
 Coefficients are computed in float64 and applied to the float32 images as Python floats.
 """
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -146,7 +147,7 @@ def trailing_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
 
 def _check_timesteps(timesteps: Sequence[int]) -> list[int]:
     timesteps = [int(t) for t in timesteps]
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+    if any(a <= b for a, b in itertools.pairwise(timesteps)):
         raise ValueError("timesteps must be strictly decreasing")
     return timesteps
 
