@@ -17,11 +17,12 @@ from utils.checkpoint import load_checkpoint, load_state_dict_strict
 from utils.digits import load_image
 from utils.errors import UserError, cli
 
+PROG = "p1_ddpm_eval.py"
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out_dir", type=Path, help="folder with mnistm/ and svhn/ of {digit}_{k}.png images")
     p.add_argument("--mnistm-classifier", type=Path, default=ROOT / "Classifier.pth",
                    help="the course's MNIST-M classifier (dict with 'state_dict'), from the course's HW2 repository")
@@ -35,20 +36,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_judge(dataset: str, args) -> torch.nn.Module:
+def load_judge(dataset: str, path: Path) -> torch.nn.Module:
+    """The judge of `dataset` ('mnistm': the course's classifier, 'svhn': the project's) from `path`, in eval mode."""
     if dataset == "mnistm":
-        ckpt = load_checkpoint(args.mnistm_classifier, required=("state_dict",), what="MNIST-M classifier")
+        ckpt = load_checkpoint(path, required=("state_dict",), what="MNIST-M classifier")
         net = CourseClassifier()
-        load_state_dict_strict(net, ckpt["state_dict"], str(args.mnistm_classifier))
     else:
-        ckpt = load_checkpoint(args.svhn_classifier, required=("config", "state_dict"), what="SVHN judge")
+        ckpt = load_checkpoint(path, required=("config", "state_dict"), what="SVHN judge")
         net = SvhnJudge(**{k: v for k, v in ckpt["config"].items() if k == "width"})
-        load_state_dict_strict(net, ckpt["state_dict"], str(args.svhn_classifier))
+    load_state_dict_strict(net, ckpt["state_dict"], str(path))
     return net.eval()
 
 
-def read_folder(folder: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
-    """The PNGs of a sample folder, their images (N, 3, 28, 28) uint8 and true labels from the names."""
+def read_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PNGs of a sample folder: images (N, 3, 28, 28) uint8 and true labels (N,) from the names."""
     if not folder.is_dir():
         raise UserError(f"{folder}: sample folder not found")
     files = sorted(folder.glob("*.png"))
@@ -58,33 +59,36 @@ def read_folder(folder: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
     if bad:
         raise UserError(f"{folder}: file names must start with the digit label, e.g. 3_001.png; found {bad[:5]}")
     images = torch.from_numpy(np.stack([load_image(f) for f in files])).permute(0, 3, 1, 2)
-    return files, images, torch.tensor([int(f.name[0]) for f in files])
+    return images, torch.tensor([int(f.name[0]) for f in files])
 
 
-def evaluate(args) -> dict:
-    result = {}
-    judges = {dataset: load_judge(dataset, args) for dataset in args.datasets}  # fail fast on a missing file
-    for dataset, judge in judges.items():
-        files, images, labels = read_folder(args.out_dir / dataset)
-        correct = predict(judge, images) == labels
-        result[dataset] = {
-            "accuracy": correct.float().mean().item(), "n": len(files),
+def score(judge: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy, count and per-digit accuracy of `judge` on uint8 images (N, 3, 28, 28) with true labels."""
+    correct = predict(judge, images) == labels
+    return {"accuracy": correct.float().mean().item(), "n": len(labels),
             "per_digit": {str(d): correct[labels == d].float().mean().item()
                           for d in range(10) if (labels == d).any()}}
-    result["mean"] = float(np.mean([result[d]["accuracy"] for d in args.datasets]))
-    result["classifiers"] = {"mnistm": str(args.mnistm_classifier), "svhn": str(args.svhn_classifier)}
+
+
+def evaluate(out_dir: Path, classifiers: dict[str, Path]) -> dict:
+    """Scores of OUT_DIR/{dataset}/ for each data set in `classifiers` (data set -> judge file), and their mean."""
+    judges = {dataset: load_judge(dataset, path) for dataset, path in classifiers.items()}  # fail fast
+    result = {dataset: score(judge, *read_folder(Path(out_dir) / dataset)) for dataset, judge in judges.items()}
+    result["mean"] = float(np.mean([result[d]["accuracy"] for d in classifiers]))
+    result["classifiers"] = {d: str(p) for d, p in classifiers.items()}
     return result
 
 
-@cli('p1_ddpm_eval.py')
+@cli(PROG)
 def main(argv=None):
     args = parse_args(argv)
     paths = {"mnistm": args.mnistm_classifier, "svhn": args.svhn_classifier}
-    missing = [f"{paths[d]} ({d} classifier)" for d in args.datasets if not paths[d].is_file()]
+    classifiers = {d: paths[d] for d in args.datasets}
+    missing = [f"{path} ({d} classifier)" for d, path in classifiers.items() if not path.is_file()]
     if missing and args.skip_missing:
         print("p1_ddpm_eval.py: skipped, missing: " + ", ".join(missing))
         return None
-    result = evaluate(args)
+    result = evaluate(args.out_dir, classifiers)
     for dataset in args.datasets:
         r = result[dataset]
         digits = " ".join(f"{d}:{a:.2f}" for d, a in r["per_digit"].items())

@@ -3,45 +3,105 @@
 All starting noise (and the noise of every ancestral step) comes from one seeded CPU generator,
 so the same seed and flags give the same bytes on the same machine. `--grid` adds one 10x10
 grid per data set (rows digits 0-9, columns the first 10 samples); `--reverse-process` adds,
-per data set, the first "0" at six points of its reverse process.
+per data set, a "0" at t = 500, 320, 200, 120, 40, 1 of the ancestral DDPM sampler over all T steps.
+A rerun replaces the earlier output whole: the images are written into temporary folders that
+replace mnistm/ and svhn/ only once every image is written.
 """
 import argparse
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from models.context_unet import load_p1_model
-from models.diffusion import SAMPLERS, ClassifierFreeGuidance, alphas_cumprod, linear_betas, spaced_timesteps
+from models.diffusion import (
+    SAMPLERS,
+    ClassifierFreeGuidance,
+    alphas_cumprod,
+    ddpm_sample,
+    linear_betas,
+    spaced_timesteps,
+    trailing_timesteps,
+)
+from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_int, probability, staged_dir
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
 from utils.runtime import Autocast, add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
+PROG = "p1_ddpm_sample.py"
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
 REVERSE_POINTS_500 = (500, 320, 200, 120, 40, 1)  # the report's points for a 500-step model
+SPACINGS = {"leading": spaced_timesteps, "trailing": trailing_timesteps}  # (T, steps) -> descending timesteps
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the graded images are sampled; the defaults are those of `hw2_1.sh` (docs/p1.md has the table)."""
+    sampler: str = "unipc"
+    steps: int = 5
+    spacing: str = "trailing"
+    guidance: float = 4.0
+    guidance_interval: tuple[int, int] | None = None  # guide only for lo <= t <= hi (0-indexed timesteps)
+    eta: float = 0.0  # DDIM only
+    batch_size: int = 64
+
+    def timesteps(self, num_train_steps: int) -> list[int]:
+        return SPACINGS[self.spacing](num_train_steps, self.steps)
+
+    def forwards_per_image(self, num_train_steps: int) -> int:
+        """Network evaluations per image: two per guided step, one per other step."""
+        lo, hi = self.guidance_interval or (0, num_train_steps)
+        return sum(2 if self.guidance != 0 and lo <= t <= hi else 1 for t in self.timesteps(num_train_steps))
+
+
+DEFAULTS = Settings()
+
+
+class ReverseProcess(NamedTuple):
+    points: list[int]      # 1-indexed timesteps, descending (t = T is pure noise)
+    tiles: np.ndarray      # (S, len(points), 28, 28, 3) uint8: the states x_t at those points, per data set
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out_dir", type=Path, help="output folder; mnistm/ and svhn/ are created inside")
     p.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT, help="P1 checkpoint (carries its own config)")
-    p.add_argument("--guidance", type=float, default=4.0,
+    p.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance,
                    help="classifier-free guidance weight w: eps = (1+w) eps_cond - w eps_uncond (0 = none)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim", help="ancestral DDPM or DDIM")
-    p.add_argument("--steps", type=int, default=10,
+    p.add_argument("--guidance-interval", type=nonnegative_int, nargs=2, metavar=("LO", "HI"),
+                   default=DEFAULTS.guidance_interval,
+                   help="guide only at timesteps LO <= t <= HI (0-indexed, T-1 is pure noise); the other "
+                        "steps run the conditional network alone, one forward instead of two (default: every step)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=DEFAULTS.sampler,
+                   help="ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++(2M)) or unipc (UniPC-2, bh2, with corrector)")
+    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps,
                    help="number of denoising steps (evenly spaced; ddpm with steps = T is the classic sampler)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--per-digit", type=int, default=50, help="images per digit per data set")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default=DEFAULTS.spacing,
+                   help="timestep grid: leading = 400, 300, ..., 0 (the DDIM paper's), trailing = 499, 399, ..., 99 "
+                        "(for T = 500 and 5 steps)")
+    p.add_argument("--eta", type=probability, default=DEFAULTS.eta, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit per data set")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                    help="images per network call (doubled by guidance); small batches stay in the CPU cache")
     add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16, fp32 otherwise", bf16_alias=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of the one CPU generator behind all sampling noise")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the one CPU generator behind all sampling noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--grid", action="store_true", help="also write grid_{mnistm,svhn}.png in OUT_DIR")
     p.add_argument("--reverse-process", action="store_true",
-                   help="also write reverse_process_{mnistm,svhn}.png in OUT_DIR (the first '0' at six timesteps)")
+                   help="also write reverse_process_{mnistm,svhn}.png in OUT_DIR: a '0' at t = 500, 320, 200, "
+                        "120, 40, 1 (scaled to T) of the ancestral DDPM sampler over all T steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.guidance_interval is not None:
+        if args.guidance_interval[0] > args.guidance_interval[1]:
+            p.error(f"argument --guidance-interval: LO {args.guidance_interval[0]} > HI {args.guidance_interval[1]}")
+        args.guidance_interval = tuple(args.guidance_interval)
+    return args
 
 
 def reverse_points(num_train_steps: int) -> list[int]:
@@ -49,73 +109,111 @@ def reverse_points(num_train_steps: int) -> list[int]:
     return sorted({max(1, round(t * num_train_steps / 500)) for t in REVERSE_POINTS_500}, reverse=True)
 
 
-def sample(net, config, args, device):
-    """Generate every graded image; returns uint8 images (S, 10, per_digit, 28, 28, 3) and the snapshots."""
-    datasets, n = config["datasets"], args.per_digit
+def _guided(net, digit, dset, settings: Settings, dtype, device) -> ClassifierFreeGuidance:
+    return ClassifierFreeGuidance(
+        Autocast(net, dtype), (digit.to(device), dset.to(device)),
+        (torch.full_like(digit, net.null_digit).to(device), torch.full_like(dset, net.null_dataset).to(device)),
+        w=settings.guidance, chunk=settings.batch_size, interval=settings.guidance_interval)
+
+
+def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int = 50, seed: int = 0,
+           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+           progress: bool = False) -> np.ndarray:
+    """Every graded image, uint8 (S, 10, per_digit, 28, 28, 3): data set, digit, k."""
+    datasets, n = config["datasets"], per_digit
     T = config["schedule"]["num_steps"]
     alpha_bar = alphas_cumprod(linear_betas(**config["schedule"]))
-    timesteps = spaced_timesteps(T, args.steps)
-    # order: data set, digit, k  (so image 0 of each data set is its first "0")
     digit = torch.arange(10).repeat_interleave(n).repeat(len(datasets))
     dset = torch.arange(len(datasets)).repeat_interleave(10 * n)
-    gen = seed_everything(args.seed)
+    gen = seed_everything(seed)
     x_T = torch.randn(len(digit), 3, 28, 28, generator=gen)
-    model = ClassifierFreeGuidance(
-        Autocast(net, resolve_dtype(args.dtype, device, cpu="bf16")), (digit.to(device), dset.to(device)),
-        (torch.full_like(digit, net.null_digit).to(device), torch.full_like(dset, net.null_dataset).to(device)),
-        w=args.guidance, chunk=args.batch_size)
-
-    snapshots = {}  # 1-indexed t -> images of the first "0" of each data set, (S, 3, 28, 28)
-    wanted = reverse_points(T) if args.reverse_process else []
-    firsts = torch.arange(len(datasets)) * 10 * n
-
-    def callback(i, t, x, eps):
-        snapshots[t + 1] = x[firsts].cpu().clone()
-
-    kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
-    x0 = SAMPLERS[args.sampler](model, x_T.to(device), alpha_bar, timesteps=timesteps, generator=gen,
-                                callback=callback if wanted else None, progress=not args.quiet, **kwargs)
-    snapshots[0] = x0[firsts].cpu()
-    images = to_uint8(x0).reshape(len(datasets), 10, n, 28, 28, 3)
-    # each wanted point -> the nearest visited timestep (all of them with the full ancestral sampler)
-    chosen = {w: min(snapshots, key=lambda s: (abs(s - w), s)) for w in wanted}
-    return images, {w: snapshots[s] for w, s in chosen.items()}, chosen
+    model = _guided(net, digit, dset, settings, dtype, device)
+    kwargs = {"ddpm": {"generator": gen}, "ddim": {"generator": gen, "eta": settings.eta}}.get(settings.sampler, {})
+    x0 = SAMPLERS[settings.sampler](model, x_T.to(device), alpha_bar, timesteps=settings.timesteps(T),
+                                    progress=progress, **kwargs)
+    return to_uint8(x0).reshape(len(datasets), 10, n, 28, 28, 3)
 
 
-def write_outputs(images, snaps, chosen, config, args):
-    for s, name in enumerate(config["datasets"]):
-        folder = args.out_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for d in range(10):
-            for k in range(args.per_digit):
-                save_png(images[s, d, k], folder / f"{d}_{k + 1:03d}.png")
-        if args.grid:
-            cols = min(10, args.per_digit)
-            labelled_grid(images[s, :, :cols], row_labels=list(range(10)),
-                          title=f"{name}: rows digits 0-9, columns samples 1-{cols} (w={args.guidance})"
-                          ).save(args.out_dir / f"grid_{name}.png")
-        if snaps:
-            tiles = np.stack([to_uint8(snaps[w][s:s + 1])[0] for w in sorted(snaps, reverse=True)])
-            labels = [f"t={chosen[w]}" for w in sorted(snaps, reverse=True)]
-            labelled_grid(tiles[None], col_labels=labels, scale=4,
-                          title=f"{name}: reverse process of the first '0'").save(
-                args.out_dir / f"reverse_process_{name}.png")
+def reverse_process(net, config: dict, settings: Settings = DEFAULTS, *, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                    progress: bool = False) -> ReverseProcess:
+    """A "0" of each data set through the ancestral DDPM sampler over all T steps (its own generator,
+    seeded with `seed`), whatever sampler made the graded images; its states at `reverse_points(T)`."""
+    datasets, T = config["datasets"], config["schedule"]["num_steps"]
+    points = reverse_points(T)
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(len(datasets), 3, 28, 28, generator=gen)
+    model = _guided(net, torch.zeros(len(datasets), dtype=torch.int64), torch.arange(len(datasets)),
+                    settings, dtype, device)
+    states = {}
+
+    def callback(i, t, x, eps):  # x is x_t at 0-indexed t, the 1-indexed point t + 1
+        if t + 1 in points:
+            states[t + 1] = x.cpu().clone()
+
+    ddpm_sample(model, x_T.to(device), alphas_cumprod(linear_betas(**config["schedule"])),
+                timesteps=spaced_timesteps(T, T), generator=gen, callback=callback, progress=progress)
+    return ReverseProcess(points, np.stack([to_uint8(states[p]) for p in points], axis=1))
 
 
-@cli('p1_ddpm_sample.py')
+def _save_atomic(figure, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    figure.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_outputs(out_dir: Path, datasets: list[str], images: np.ndarray, *, grid_caption: str | None = None,
+                  reverse: ReverseProcess | None = None) -> None:
+    """OUT_DIR/{dataset}/{digit}_{k:03d}.png, each data set folder replaced whole once every image is
+    written; `grid_caption` adds grid_{dataset}.png, `reverse` reverse_process_{dataset}.png."""
+    out_dir = Path(out_dir)
+    figures = {}
+    for s, name in enumerate(datasets):
+        if grid_caption is not None:
+            cols = min(10, images.shape[2])
+            figures[f"grid_{name}.png"] = labelled_grid(
+                images[s, :, :cols], row_labels=list(range(10)),
+                title=f"{name}: rows digits 0-9, columns samples 1-{cols} ({grid_caption})")
+        if reverse is not None:
+            figures[f"reverse_process_{name}.png"] = labelled_grid(
+                reverse.tiles[s][None], col_labels=[f"t={p}" for p in reverse.points], scale=4,
+                title=f"{name}: reverse process of a '0' (DDPM, {reverse.points[0]} steps)")
+    with ExitStack() as stack:
+        for s, name in enumerate(datasets):
+            folder = stack.enter_context(staged_dir(out_dir / name))
+            for d in range(10):
+                for k in range(images.shape[2]):
+                    save_png(images[s, d, k], folder / f"{d}_{k + 1:03d}.png")
+        for name in datasets:  # no figure of an earlier run stays beside the new images
+            for old in (f"grid_{name}.png", f"reverse_process_{name}.png"):
+                (out_dir / old).unlink(missing_ok=True)
+    for file, figure in figures.items():
+        _save_atomic(figure, out_dir / file)
+
+
+@cli(PROG)
 def main(argv=None):
     args = parse_args(argv)
+    check_writable_dir(args.out_dir)
     try:
         net, config = load_p1_model(args.ckpt)
     except UserError as e:
         raise UserError(f"{e}\n(train one with p1_ddpm_train.py, or pass --ckpt PATH)") from None
-    if not 1 <= args.steps <= config["schedule"]["num_steps"]:
-        raise UserError(f"--steps must be in 1..{config['schedule']['num_steps']}")
+    T = config["schedule"]["num_steps"]
+    if args.steps > T:
+        raise UserError(f"--steps {args.steps}: must be in 1..{T} for this checkpoint")
     device = pick_device(args.device)
-    images, snaps, chosen = sample(net.to(device), config, args, device)
-    write_outputs(images, snaps, chosen, config, args)
-    total = images.shape[0] * images.shape[1] * images.shape[2]
-    print(f"wrote {total} images to {args.out_dir}")
+    dtype = resolve_dtype(args.dtype, device, cpu="bf16")
+    settings = Settings(args.sampler, args.steps, args.spacing, args.guidance, args.guidance_interval, args.eta,
+                        args.batch_size)
+    net = net.to(device)
+    images = sample(net, config, settings, per_digit=args.per_digit, seed=args.seed, dtype=dtype, device=device,
+                    progress=not args.quiet)
+    reverse = (reverse_process(net, config, settings, seed=args.seed, dtype=dtype, device=device,
+                               progress=not args.quiet) if args.reverse_process else None)
+    caption = f"{args.sampler}, {args.steps} steps, w={args.guidance}" if args.grid else None
+    write_outputs(args.out_dir, config["datasets"], images, grid_caption=caption, reverse=reverse)
+    print(f"wrote {images.shape[0] * images.shape[1] * images.shape[2]} images to {args.out_dir}")
     return args.out_dir
 
 

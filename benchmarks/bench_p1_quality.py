@@ -1,14 +1,18 @@
-"""P1 sample quality against guidance weight and step count: accuracy and time, to choose defaults.
+"""P1 sample quality against sampler, step count, guidance weight and guidance interval, to choose defaults.
 
-For each (guidance, steps) pair: `p1_ddpm_sample.py` writes `--per-digit` images per digit per
-data set, `p1_ddpm_eval.py` scores them (MNIST-M with the course's classifier, SVHN with the
-project's judge). Several checkpoints (`--ckpt A B ...`) give accuracy against training time.
-Prints a table, writes JSON.
+For each setting (the product of the lists given): `p1_ddpm_sample.sample` makes `--per-digit` images
+per digit per data set and `p1_ddpm_eval.score` scores them in memory (MNIST-M with the course's
+classifier, SVHN with the project's judge; a PNG round trip is lossless, so the numbers are those
+`p1_ddpm_eval.py` gives for the written files). Cost is given in network forwards per image and in
+units of `bench_p1_sampling.py` (F forwards per image cost F/2 x r units, r = the cost of one of our
+forwards over one of the classic recipe's, read from its JSON when present). Several checkpoints
+(`--ckpt A B ...`) give accuracy against training time. Prints a table, writes JSON.
 """
 import argparse
+import itertools
 import json
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,49 +21,89 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import p1_ddpm_eval  # noqa: E402
-import p1_ddpm_sample  # noqa: E402
+from models.context_unet import load_p1_model  # noqa: E402
+from p1_ddpm_eval import load_judge, score  # noqa: E402
+from p1_ddpm_sample import DEFAULTS, Settings, sample  # noqa: E402
+from utils.runtime import cpu_capability, resolve_dtype  # noqa: E402
+
+
+def interval(text: str) -> tuple[int, int] | None:
+    """'all' (guide every step) or 'LO:HI' (guide where LO <= t <= HI)."""
+    if text == "all":
+        return None
+    lo, hi = text.split(":")
+    return int(lo), int(hi)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", type=Path, nargs="+", default=[ROOT / "checkpoints" / "p1_ddpm.pt"])
-    p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
-    p.add_argument("--steps", type=int, nargs="+", default=[50])
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--per-digit", type=int, default=20, help="images per digit per data set (50 = the graded 1,000)")
-    p.add_argument("--mnistm-classifier", type=Path, default=ROOT.parent / "shared" / "grader" / "Classifier.pth")
-    p.add_argument("--svhn-classifier", type=Path, default=ROOT / "checkpoints" / "svhn_classifier.pt")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "p1_quality.json")
+    p.add_argument("--ckpt", type=Path, nargs="+", default=[ROOT / "checkpoints" / "p1_ddpm.pt"],
+                   help="P1 checkpoints to compare")
+    p.add_argument("--sampler", nargs="+", default=[DEFAULTS.sampler], help="samplers (see p1_ddpm_sample.py)")
+    p.add_argument("--steps", type=int, nargs="+", default=[DEFAULTS.steps], help="step counts")
+    p.add_argument("--spacing", nargs="+", default=[DEFAULTS.spacing], help="timestep grids (leading, trailing)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULTS.guidance], help="guidance weights w")
+    p.add_argument("--interval", type=interval, nargs="+", default=[DEFAULTS.guidance_interval],
+                   help="guidance intervals: 'all' or LO:HI in 0-indexed timesteps")
+    p.add_argument("--per-digit", type=int, default=10, help="images per digit per data set (50 = the graded 1,000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the network")
+    p.add_argument("--mnistm-classifier", type=Path, default=Path(os.environ.get("HW2_SHARED", ROOT.parent / "shared")) / "grader" / "Classifier.pth",
+                   help="the course's MNIST-M classifier (default: in $HW2_SHARED or ../shared)")
+    p.add_argument("--svhn-classifier", type=Path, default=ROOT / "checkpoints" / "svhn_classifier.pt",
+                   help="the project's SVHN judge")
+    p.add_argument("--units-json", type=Path, default=ROOT / "benchmarks" / "results" / "p1_sampling.json",
+                   help="bench_p1_sampling.py's JSON, for the cost of one forward in units")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "p1_quality.json",
+                   help="where to write the JSON")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    judges = {"mnistm": load_judge("mnistm", args.mnistm_classifier),
+              "svhn": load_judge("svhn", args.svhn_classifier)}
+    ratio = json.loads(args.units_json.read_text())["forward_ratio_fp32"] if args.units_json.is_file() else None
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     rows = []
     for ckpt in args.ckpt:
-        step = torch.load(ckpt, map_location="cpu", weights_only=True).get("step")
-        for steps in args.steps:
-            for w in args.guidance:
-                with tempfile.TemporaryDirectory() as out:
-                    start = time.perf_counter()
-                    p1_ddpm_sample.main([out, "--ckpt", str(ckpt), "--guidance", str(w), "--steps", str(steps),
-                                         "--sampler", args.sampler, "--per-digit", str(args.per_digit), "--quiet"])
-                    seconds = time.perf_counter() - start
-                    scores = p1_ddpm_eval.main([out, "--mnistm-classifier", str(args.mnistm_classifier),
-                                                "--svhn-classifier", str(args.svhn_classifier)])
-                rows.append({"ckpt": str(ckpt), "train_step": step, "sampler": args.sampler, "steps": steps,
-                             "guidance": w, "mnistm": scores["mnistm"]["accuracy"], "svhn": scores["svhn"]["accuracy"],
-                             "mean": scores["mean"], "seconds": seconds,
-                             "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
-    print(f"\n{'train step':>10s} {'steps':>5s} {'w':>4s} {'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000 img':>10s}")
+        net, config = load_p1_model(ckpt)
+        train_step = torch.load(ckpt, map_location="cpu", weights_only=True).get("step")
+        T = config["schedule"]["num_steps"]
+        for sampler, steps, spacing, w, iv in itertools.product(args.sampler, args.steps, args.spacing, args.guidance,
+                                                                 args.interval):
+            settings = Settings(sampler, steps, spacing, w, iv)
+            start = time.perf_counter()
+            images = sample(net, config, settings, per_digit=args.per_digit, seed=args.seed, dtype=dtype)
+            seconds = time.perf_counter() - start
+            scores = {}
+            for s, name in enumerate(config["datasets"]):
+                x = torch.from_numpy(images[s]).reshape(-1, 28, 28, 3).permute(0, 3, 1, 2)
+                scores[name] = score(judges[name], x, torch.arange(10).repeat_interleave(args.per_digit))["accuracy"]
+            forwards = settings.forwards_per_image(T)
+            rows.append({"ckpt": str(ckpt), "train_step": train_step, "sampler": sampler, "steps": steps,
+                         "spacing": spacing, "guidance": w, "interval": iv, "forwards_per_image": forwards,
+                         "units": None if ratio is None else forwards / 2 * ratio,
+                         "mnistm": scores["mnistm"], "svhn": scores["svhn"],
+                         "mean": (scores["mnistm"] + scores["svhn"]) / 2,
+                         "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
+            r = rows[-1]
+            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} F={forwards:2d} "
+                  f"units={r['units'] if ratio is None else round(r['units'], 2)!s:5s} "
+                  f"MNIST-M {r['mnistm']:.3f} SVHN* {r['svhn']:.3f}  {r['seconds_per_1000']:.0f} s/1000", flush=True)
+    print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row, seed {args.seed}")
+    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'F':>3s} {'units':>5s} "
+          f"{'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000':>7s}")
     for r in rows:
-        print(f"{r['train_step']!s:>10s} {r['steps']:5d} {r['guidance']:4.1f} {r['mnistm']:8.3f} {r['svhn']:6.3f} "
-              f"{r['mean']:6.3f} {r['seconds_per_1000']:10.0f}")
-    print("* SVHN here is the synthetic stand-in of ../shared, judged by the project's classifier")
+        units = "" if r["units"] is None else f"{r['units']:.2f}"
+        print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
+              f"{r['forwards_per_image']:3d} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
+              f"{r['seconds_per_1000']:7.0f}")
+    print("F = network forwards per image; * SVHN here is the synthetic stand-in of ../shared, judged by the "
+          "project's classifier")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"per_digit": args.per_digit, "threads": torch.get_num_threads(), "rows": rows},
-                                   indent=2))
+    args.out.write_text(json.dumps({"per_digit": args.per_digit, "seed": args.seed, "dtype": args.dtype,
+                                    "cpu": cpu_capability(), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
     return rows
 

@@ -9,6 +9,8 @@ Conventions (those of DDPM, DDIM and `diffusers`):
   that never draws its own starting noise.
 Coefficients are computed in float64 and applied to the float32 images as Python floats.
 """
+import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -132,7 +134,122 @@ def ddim_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, 
                  final_alpha_bar)
 
 
-SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+def trailing_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
+    """`num_steps` descending timesteps `round(T - i T / S) - 1`: "trailing" spacing (diffusers'
+    `timestep_spacing="trailing"`, Lin et al. 2024, table 2): 499, 399, 299, 199, 99 for T = 500 and
+    5 steps. It starts at T - 1, where x_T is pure noise, and spends no step near t = 0; few-step
+    multistep solvers need it (`spaced_timesteps`' 400, ..., 100, 0 wastes its last step on t = 0).
+    """
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps must be in 1..{num_train_steps}, got {num_steps}")
+    return [round(num_train_steps - i * num_train_steps / num_steps) - 1 for i in range(num_steps)]
+
+
+def _check_timesteps(timesteps: Sequence[int]) -> list[int]:
+    timesteps = [int(t) for t in timesteps]
+    if any(a <= b for a, b in itertools.pairwise(timesteps)):
+        raise ValueError("timesteps must be strictly decreasing")
+    return timesteps
+
+
+def _log_snr(ab: float) -> float:
+    """lambda = log(alpha / sigma) = log(ab / (1 - ab)) / 2 of DPM-Solver; +inf at ab = 1."""
+    return math.inf if ab >= 1.0 else 0.5 * math.log(ab / (1.0 - ab))
+
+
+def _first_order(x, x0, ab_s: float, ab_t: float):
+    """x_s -> x_t with the x_0 prediction held fixed: sigma_t / sigma_s x - alpha_t (e^-h - 1) x_0 (DDIM, eta 0).
+
+    Lands on x_0 itself when ab_t = 1 (sigma_t = 0)."""
+    if ab_t >= 1.0:
+        return x0
+    h = _log_snr(ab_t) - _log_snr(ab_s)
+    return ((1.0 - ab_t) / (1.0 - ab_s)) ** 0.5 * x - ab_t ** 0.5 * math.expm1(-h) * x0
+
+
+def _eps_to_x0(x, eps, ab: float):
+    return (x - (1.0 - ab) ** 0.5 * eps) / ab ** 0.5
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
+                    callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2; diffusers' "midpoint" second-order term), deterministic.
+
+    Data prediction x_0 = (x - sigma eps) / alpha; step i uses x_0 of steps i and i-1. The first step
+    and the last (which lands on alpha_bar = 1) are first order, as diffusers' `lower_order_final`.
+    """
+    ts = _check_timesteps(timesteps)
+    ab = alpha_bar.double().cpu()[ts].tolist() + [1.0]
+    lam = [_log_snr(a) for a in ab]
+    x, x0_prev = x_T, None
+    for i, t in enumerate(tqdm(ts, desc="sampling", disable=not progress, leave=False)):
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+        if callback is not None:
+            callback(i, t, x, eps)
+        x0 = _eps_to_x0(x, eps, ab[i])
+        x_next = _first_order(x, x0, ab[i], ab[i + 1])
+        if x0_prev is not None and ab[i + 1] < 1.0:
+            h = lam[i + 1] - lam[i]
+            r = (lam[i] - lam[i - 1]) / h
+            # - 0.5 alpha_t (e^-h - 1) D1, D1 = (x0_i - x0_{i-1}) / r  (eq. of algorithm 2, midpoint form)
+            x_next = x_next - 0.5 * ab[i + 1] ** 0.5 * math.expm1(-h) / r * (x0 - x0_prev)
+        x, x0_prev = x_next, x0
+    return x
+
+
+def _unipc_bh2(h: float) -> tuple[float, float, float]:
+    """(e^-h - 1, b1, b2) of UniPC's B(h) = e^-h - 1 variant ("bh2"; Zhao et al. 2023, eq. 8 with data prediction)."""
+    hh = -h
+    phi1 = math.expm1(hh)       # h phi_1(h) = e^-h - 1
+    phi2 = phi1 / hh - 1.0       # h phi_2 / h ...
+    return phi1, phi2 / phi1, (phi2 / hh - 0.5) * 2.0 / phi1
+
+
+@torch.no_grad()
+def unipc_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
+                 corrector: bool = True, callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023): the UniP-2 predictor with the UniC corrector, B(h) = e^-h - 1 ("bh2"),
+    data prediction: diffusers' `UniPCMultistepScheduler` defaults (solver_order 2, lower_order_final).
+
+    The corrector re-uses the network output at the new point (no extra forward): at step i it moves
+    x_i using x_0 predicted at x_i before the predictor leaves x_i. The predictor is first order at the
+    first step and at the last (which lands on x_0), second order between.
+    """
+    ts = _check_timesteps(timesteps)
+    ab = alpha_bar.double().cpu()[ts].tolist() + [1.0]
+    lam = [_log_snr(a) for a in ab]
+    x, x_last, m, order = x_T, None, [], 0  # m: x_0 predictions of the previous steps, newest last
+    for i, t in enumerate(tqdm(ts, desc="sampling", disable=not progress, leave=False)):
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+        if callback is not None:
+            callback(i, t, x, eps)
+        x0 = _eps_to_x0(x, eps, ab[i])
+        if corrector and i > 0 and ab[i + 1] < 1.0:  # UniC-p from x_{i-1} to x_i, p = the last predictor's order
+            h = lam[i] - lam[i - 1]
+            phi1, b1, b2 = _unipc_bh2(h)
+            if order == 1:
+                rho_d, rho_t = 0.0, 0.5
+            else:  # solve [[1, 1], [r, 1]] (rho_d, rho_t) = (b1, b2)
+                r = (lam[i - 2] - lam[i - 1]) / h
+                rho_d = (b1 - b2) / (1.0 - r)
+                rho_t = b1 - rho_d
+            corr = rho_t * (x0 - m[-1])
+            if order == 2:
+                corr = corr + rho_d * (m[-2] - m[-1]) / r
+            x = _first_order(x_last, m[-1], ab[i - 1], ab[i]) - ab[i] ** 0.5 * phi1 * corr
+        order = min(2, i + 1, len(ts) - i)
+        x_last, m = x, (m + [x0])[-2:]
+        x_next = _first_order(x, x0, ab[i], ab[i + 1])
+        if order == 2:  # UniP-2: - alpha_t B(h) rho D1 with rho = 1/2, D1 = (x0_{i-1} - x0_i) / r
+            h = lam[i + 1] - lam[i]
+            r = (lam[i - 1] - lam[i]) / h
+            x_next = x_next - ab[i + 1] ** 0.5 * math.expm1(-h) * 0.5 * (m[-2] - x0) / r
+        x = x_next
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
 
 class ClassifierFreeGuidance:
@@ -141,10 +258,14 @@ class ClassifierFreeGuidance:
     eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)  (Ho & Salimans 2022, eq. 6), computed by
     doubling each chunk of the batch. `cond` and `null` are tensors (or tuples of tensors)
     of per-image conditioning, passed to `net(x, t, *cond)`; `chunk` bounds memory.
+    `interval=(lo, hi)` guides only where lo <= t <= hi (a guidance interval, Kynkaanniemi et al.
+    2024); elsewhere eps = eps(x, t, c), one forward per image instead of two.
     """
 
-    def __init__(self, net, cond, null, w: float, chunk: int = 512):
-        self.net, self.w, self.chunk = net, w, chunk
+    def __init__(self, net, cond, null, w: float, chunk: int = 512, interval: tuple[int, int] | None = None):
+        if interval is not None and not 0 <= interval[0] <= interval[1]:
+            raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
+        self.net, self.w, self.chunk, self.interval = net, w, chunk, interval
         self.cond = cond if isinstance(cond, tuple) else (cond,)
         self.null = null if isinstance(null, tuple) else (null,)
 
@@ -154,14 +275,23 @@ class ClassifierFreeGuidance:
             sl = slice(s, s + self.chunk)
             xs, ts = x[sl], t[sl]
             cond = [c[sl] for c in self.cond]
-            if self.w == 0:
+            guided = torch.full_like(ts, self.w != 0, dtype=torch.bool)
+            if self.interval is not None:
+                guided &= (ts >= self.interval[0]) & (ts <= self.interval[1])
+            if not guided.any():
                 out.append(self.net(xs, ts, *cond))
                 continue
             null = [c[sl] for c in self.null]
-            both = self.net(torch.cat([xs, xs]), torch.cat([ts, ts]),
-                            *[torch.cat([c, n]) for c, n in zip(cond, null)])
-            eps_c, eps_u = both.chunk(2)
-            out.append((1 + self.w) * eps_c - self.w * eps_u)
+            if guided.all():
+                both = self.net(torch.cat([xs, xs]), torch.cat([ts, ts]),
+                                *[torch.cat([c, n]) for c, n in zip(cond, null)])
+                eps_c, eps_u = both.chunk(2)
+                out.append((1 + self.w) * eps_c - self.w * eps_u)
+            else:  # a chunk that straddles the interval: the null forward only where guided
+                eps = self.net(xs, ts, *cond)
+                eps_u = self.net(xs[guided], ts[guided], *[n[guided] for n in null])
+                eps[guided] = (1 + self.w) * eps[guided] - self.w * eps_u
+                out.append(eps)
         return torch.cat(out)
 
 

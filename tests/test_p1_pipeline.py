@@ -1,7 +1,11 @@
 """P1 end to end on the real data in ../shared: train a tiny model, resume, sample, evaluate."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,7 +15,13 @@ import p1_ddpm_sample
 import p1_ddpm_train
 import p1_svhn_classifier_train
 from models.context_unet import load_p1_model
-from utils.digits import read_split_csv
+from models.digit_classifiers import predict
+from p1_ddpm_sample import Settings
+from utils.digits import load_image, read_split_csv
+from utils.images import labelled_grid, to_uint8
+from utils.runtime import resolve_dtype
+
+ROOT = p1_ddpm_eval.ROOT
 
 TINY = ["--limit", "200", "--n-feat", "8", "--num-timesteps", "50", "--batch-size", "16", "--save-every", "1"]
 
@@ -69,48 +79,163 @@ def test_init_from_starts_at_the_given_weights(digits, tiny_ckpt, tmp_path, cli_
 
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
     net, config = load_p1_model(tiny_ckpt)
-    images = {}
-    for mode in ("on", "off"):
-        args = p1_ddpm_sample.parse_args(["unused", "--ckpt", str(tiny_ckpt), "--steps", "5", "--per-digit", "2",
-                                          "--bf16", mode, "--quiet"])
-        images[mode] = p1_ddpm_sample.sample(net, config, args, torch.device("cpu"))[0].astype(float)
-    diff = abs(images["on"] - images["off"])
+    images = {dtype: p1_ddpm_sample.sample(net, config, Settings(steps=5), per_digit=2, dtype=dtype).astype(float)
+              for dtype in (torch.bfloat16, torch.float32)}
+    diff = abs(images[torch.bfloat16] - images[torch.float32])
     assert diff.max() > 0, "bf16 autocast did not change anything: was it applied?"
     assert diff.mean() < 2.0, f"bf16 sampling drifts {diff.mean():.2f} grey levels from fp32 on average"
 
 
-def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path):
-    out = tmp_path / "out"
-    p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "5", "--grid", "--reverse-process", "--quiet"])
-    for name in ("mnistm", "svhn"):
-        files = sorted(p.name for p in (out / name).iterdir())
-        assert files == sorted(f"{d}_{k:03d}.png" for d in range(10) for k in range(1, 51))
-        for f in files[::97]:
-            with Image.open(out / name / f) as im:
-                assert im.size == (28, 28) and im.mode == "RGB"
-        for fig in (f"grid_{name}.png", f"reverse_process_{name}.png"):
-            with Image.open(out / fig) as im:
-                assert im.width > 10 * 28  # 10 columns (grid) or 6 labelled steps, upscaled
-    # the same seed gives the same bytes
-    again = tmp_path / "again"
-    p1_ddpm_sample.main([str(again), "--ckpt", str(tiny_ckpt), "--steps", "5", "--quiet", "--batch-size", "128"])
-    for name in ("mnistm", "svhn"):
-        for f in ("0_001.png", "5_027.png", "9_050.png"):
-            assert (out / name / f).read_bytes() == (again / name / f).read_bytes()
-    other = tmp_path / "other"
-    p1_ddpm_sample.main([str(other), "--ckpt", str(tiny_ckpt), "--steps", "5", "--quiet", "--seed", "1"])
-    assert (out / "mnistm" / "0_001.png").read_bytes() != (other / "mnistm" / "0_001.png").read_bytes()
+def _read(folder):
+    """{file name: uint8 array} of a folder's PNGs."""
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
-def test_reverse_process_points_with_the_full_ancestral_sampler(tiny_ckpt):
-    args = p1_ddpm_sample.parse_args(["unused", "--ckpt", str(tiny_ckpt), "--sampler", "ddpm", "--steps", "50",
-                                      "--per-digit", "1", "--reverse-process", "--quiet"])
-    net, config = load_p1_model(tiny_ckpt)
-    images, snaps, chosen = p1_ddpm_sample.sample(net, config, args, torch.device("cpu"))
+def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path, monkeypatch):
+    out, returned = tmp_path / "out", []
+    real_sample = p1_ddpm_sample.sample
+    monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: returned.append(real_sample(*a, **k)) or returned[0])
+    p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--grid", "--quiet"])
+    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "svhn"]
+    images = returned[0]
+    title = "{}: rows digits 0-9, columns samples 1-10 (unipc, 2 steps, w=4.0)"
+    for s, name in enumerate(("mnistm", "svhn")):
+        files = _read(out / name)
+        assert list(files) == sorted(f"{d}_{k:03d}.png" for d in range(10) for k in range(1, 51))
+        written = np.stack([[files[f"{d}_{k:03d}.png"] for k in range(1, 51)] for d in range(10)])
+        assert written.shape == (10, 50, 28, 28, 3) and np.array_equal(written, images[s])  # returned, in order
+        # the grid's tiles are the written images: row = digit, column = sample k
+        grid = np.asarray(Image.open(out / f"grid_{name}.png"))
+        assert np.array_equal(grid, np.asarray(labelled_grid(written[:, :10], row_labels=list(range(10)),
+                                                             title=title.format(name))))
+        assert not np.array_equal(grid, np.asarray(labelled_grid(written[::-1, :10], row_labels=list(range(10)),
+                                                                 title=title.format(name))))
+
+
+def test_same_seed_same_bytes(tiny_ckpt, tmp_path):
+    runs = {}
+    for run, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        p1_ddpm_sample.main([str(tmp_path / run), "--ckpt", str(tiny_ckpt), "--steps", "3", "--quiet",
+                             "--per-digit", "2", "--seed", seed])
+        runs[run] = {f"{n}/{p.name}": p.read_bytes() for n in ("mnistm", "svhn") for p in (tmp_path / run / n).iterdir()}
+    assert len(runs["a"]) == 40 and runs["a"] == runs["b"]
+    assert all(runs["a"][f] != runs["c"][f] for f in runs["a"])
+
+
+def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatch):
     assert p1_ddpm_sample.reverse_points(500) == [500, 320, 200, 120, 40, 1]
-    assert sorted(chosen.items()) == [(p, p) for p in (1, 4, 12, 20, 32, 50)]
-    assert images.shape == (2, 10, 1, 28, 28, 3)
-    assert snaps[50].shape == (2, 3, 28, 28)
+    assert p1_ddpm_sample.reverse_points(1000) == [1000, 640, 400, 240, 80, 2]
+    assert p1_ddpm_sample.reverse_points(50) == [50, 32, 20, 12, 4, 1]
+    net, config = load_p1_model(tiny_ckpt)  # T = 50
+    seen = {}  # 1-indexed t -> the states the network was given at 0-indexed t - 1 (conditional half)
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, digit, dataset):
+            assert (digit[:2] == 0).all() and dataset[:2].tolist() == [0, 1]  # a "0" of each data set
+            seen[int(t[0]) + 1] = x[:2].clone()
+            return net(x, t, digit, dataset)
+    recorder = Recorder()
+    recorder.null_digit, recorder.null_dataset = net.null_digit, net.null_dataset
+    # whatever the graded sampler, the figure is the ancestral sampler over all T steps
+    settings = Settings(sampler="unipc", steps=3)
+    reverse = p1_ddpm_sample.reverse_process(recorder, config, settings, seed=0)
+    assert sorted(seen) == list(range(1, 51))
+    assert reverse.points == [50, 32, 20, 12, 4, 1] and reverse.tiles.shape == (2, 6, 28, 28, 3)
+    for j, p in enumerate(reverse.points):
+        assert np.array_equal(reverse.tiles[:, j], to_uint8(seen[p])), p
+    assert np.array_equal(reverse.tiles[:, 0], to_uint8(torch.randn(2, 3, 28, 28,
+                                                                    generator=torch.Generator().manual_seed(0))))
+    # the PNG: title, labels t=50 ... t=1, and the six tiles (scale 4) in that order
+    labels = []
+    real_grid = p1_ddpm_sample.labelled_grid
+    monkeypatch.setattr(p1_ddpm_sample, "labelled_grid",
+                        lambda tiles, **kw: labels.append(kw["col_labels"]) or real_grid(tiles, **kw))
+    p1_ddpm_sample.write_outputs(tmp_path, ["mnistm", "svhn"], np.zeros((2, 10, 1, 28, 28, 3), np.uint8),
+                                 reverse=reverse)
+    assert labels == [[f"t={p}" for p in (50, 32, 20, 12, 4, 1)]] * 2
+    for s, name in enumerate(("mnistm", "svhn")):
+        fig = np.asarray(Image.open(tmp_path / f"reverse_process_{name}.png"))
+        top, pad, size = 2 * (20 + 8), 2, 28 * 4  # title and label rows of a 20-point font, 2-pixel padding
+        assert fig.shape == (top + size + 2 * pad, 6 * (size + pad) + pad, 3)
+        for j in range(6):
+            x0 = pad + j * (size + pad)
+            tile = fig[top + pad:top + pad + size, x0:x0 + size][::4, ::4]
+            assert np.array_equal(tile, reverse.tiles[s, j]), (name, j)
+    again = p1_ddpm_sample.reverse_process(net, config, settings, seed=0)  # same seed, same figure
+    assert np.array_equal(again.tiles, reverse.tiles)
+
+
+def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    base = [str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--quiet"]
+    p1_ddpm_sample.main([*base, "--per-digit", "3", "--grid"])
+    before = {name: _read(out / name) for name in ("mnistm", "svhn")}
+    assert len(before["mnistm"]) == 30
+    real_save, calls = p1_ddpm_sample.save_png, []
+
+    def save_then_fail(array, path):  # an interruption halfway through the rerun
+        calls.append(path)
+        if len(calls) == 25:
+            raise KeyboardInterrupt
+        real_save(array, path)
+    monkeypatch.setattr(p1_ddpm_sample, "save_png", save_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        p1_ddpm_sample.main([*base, "--per-digit", "3", "--seed", "1"])
+    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "svhn"]
+    for name in ("mnistm", "svhn"):  # every earlier image still there, unchanged; nothing new
+        after = _read(out / name)
+        assert after.keys() == before[name].keys()
+        assert all(np.array_equal(after[f], before[name][f]) for f in after)
+    monkeypatch.setattr(p1_ddpm_sample, "save_png", real_save)
+    p1_ddpm_sample.main([*base, "--per-digit", "1", "--seed", "1"])  # fewer images, no grid this time
+    assert sorted(p.name for p in out.iterdir()) == ["mnistm", "svhn"]
+    for name in ("mnistm", "svhn"):
+        assert sorted(_read(out / name)) == [f"{d}_001.png" for d in range(10)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--per-digit", "0"], "argument --per-digit: 0 is out of range"),
+    (["--batch-size", "0"], "argument --batch-size: 0 is out of range"),
+    (["--steps", "0"], "argument --steps: 0 is out of range"),
+    (["--steps", "51"], "--steps 51: must be in 1..50"),
+    (["--guidance", "nan"], "argument --guidance: 'nan' is not a finite number"),
+    (["--guidance", "-1"], "argument --guidance: -1 is out of range"),
+    (["--guidance-interval", "300", "100"], "argument --guidance-interval: LO 300 > HI 100"),
+    (["--eta", "2"], "argument --eta: 2 is out of range"),
+    (["--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["--sampler", "euler"], "argument --sampler: invalid choice"),
+])
+def test_bad_flags_are_refused_before_any_work(tiny_ckpt, tmp_path, cli_error, monkeypatch, flags, message):
+    monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: pytest.fail("sampled despite a bad flag"))
+    with cli_error(f"p1_ddpm_sample.py: error: {message}"):
+        p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(tiny_ckpt), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_dir_is_found_before_sampling(tiny_ckpt, tmp_path, cli_error, monkeypatch):
+    monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: pytest.fail("sampled into an unwritable OUT_DIR"))
+    (tmp_path / "file").write_text("keep me")
+    with cli_error("OUT_DIR .*file: exists and is not a folder"):
+        p1_ddpm_sample.main([str(tmp_path / "file"), "--ckpt", str(tiny_ckpt)])
+    with cli_error("OUT_DIR .*file/out: .*file is a file, not a folder"):
+        p1_ddpm_sample.main([str(tmp_path / "file" / "out"), "--ckpt", str(tiny_ckpt)])
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_hw2_1_sh_writes_the_graded_layout_with_the_shipped_checkpoint(tmp_path):
+    """The grader's command, `bash hw2_1.sh OUT`, with --per-digit 1 passed through to keep it short."""
+    out = tmp_path / "out dir"
+    run = subprocess.run(["bash", str(ROOT / "hw2_1.sh"), str(out), "--per-digit", "1", "--quiet"],
+                         env={**os.environ, "PYTHON": sys.executable}, check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for name in ("mnistm", "svhn"):
+        assert sorted(p.name for p in (out / name).iterdir()) == [f"{d}_001.png" for d in range(10)]
+    net, config = load_p1_model(p1_ddpm_sample.DEFAULT_CKPT)
+    dtype = resolve_dtype("auto", torch.device("cpu"), cpu="bf16")
+    images = p1_ddpm_sample.sample(net, config, p1_ddpm_sample.DEFAULTS, per_digit=1, seed=0, dtype=dtype)
+    assert np.array_equal(np.asarray(Image.open(out / "svhn" / "7_001.png")), images[1, 7, 0])  # the defaults
+    usage = subprocess.run(["bash", str(ROOT / "hw2_1.sh")], check=False, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash hw2_1.sh OUT_DIR" in usage.stderr
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, cli_error):
@@ -125,18 +250,46 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, cli_error):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(bad)])
 
 
-def test_evaluate_samples(shared, digits, tiny_ckpt, tmp_path):
-    out = tmp_path / "out"
-    p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--quiet"])
+def test_svhn_judge_training_writes_a_judge(digits, tmp_path):
     judge = p1_svhn_classifier_train.main(["--data-root", str(digits), "--limit", "256", "--epochs", "1",
                                            "--width", "8", "--out", str(tmp_path / "judge.pt")])
     assert 0 <= judge["val_accuracy"] <= 1
-    result = p1_ddpm_eval.main([str(out), "--mnistm-classifier", str(shared / "grader" / "Classifier.pth"),
-                                "--svhn-classifier", str(tmp_path / "judge.pt")])
-    assert result["mnistm"]["n"] == 500 and result["svhn"]["n"] == 500
-    assert set(result["mnistm"]["per_digit"]) == {str(d) for d in range(10)}
-    assert result["mean"] == pytest.approx((result["mnistm"]["accuracy"] + result["svhn"]["accuracy"]) / 2)
-    assert json.loads((out / "eval.json").read_text()) == result
+    assert p1_ddpm_eval.load_judge("svhn", tmp_path / "judge.pt").width == 8
+
+
+def test_evaluate_samples(shared, digits, tmp_path):
+    """Real val images the judges classify correctly, half of them named with a wrong label: the scores
+    must be exactly the fractions named right, per digit and overall."""
+    classifiers = {"mnistm": shared / "grader" / "Classifier.pth", "svhn": p1_ddpm_eval.ROOT / "checkpoints" /
+                   "svhn_classifier.pt"}
+    expected = {}
+    for name, path in classifiers.items():
+        judge = p1_ddpm_eval.load_judge(name, path)
+        rows = read_split_csv(digits / name / "val.csv")[:300]
+        images = torch.from_numpy(np.stack([load_image(digits / name / "data" / f) for f, _ in rows]))
+        labels = torch.tensor([label for _, label in rows])
+        right = (predict(judge, images.permute(0, 3, 1, 2)) == labels).nonzero().flatten().tolist()
+        (tmp_path / name).mkdir()
+        per_digit = {}
+        for d in range(10):
+            picks = [i for i in right if labels[i] == d][:4]
+            assert len(picks) == 4, f"{name}: too few correctly judged val images of {d}"
+            wrong = d % 4  # digit d: 4 - d % 4 of its 4 images named right
+            for k, i in enumerate(picks):
+                named = d if k >= wrong else (d + 1) % 10
+                Image.fromarray(images[i].numpy()).save(tmp_path / name / f"{named}_{d}{k:03d}.png")
+            per_digit[d] = (4 - wrong, wrong)
+        # an image named d' counts for digit d': digit d holds its right ones and the wrong ones of d - 1
+        expected[name] = {str(d): per_digit[d][0] / (per_digit[d][0] + per_digit[(d - 1) % 10][1]) for d in range(10)}
+        expected[name + "_accuracy"] = sum(r for r, _ in per_digit.values()) / 40
+    result = p1_ddpm_eval.main([str(tmp_path), "--mnistm-classifier", str(classifiers["mnistm"]),
+                                "--svhn-classifier", str(classifiers["svhn"])])
+    for name in classifiers:
+        assert result[name]["n"] == 40
+        assert result[name]["accuracy"] == pytest.approx(expected[name + "_accuracy"])
+        assert result[name]["per_digit"] == pytest.approx(expected[name])
+    assert result["mean"] == pytest.approx((expected["mnistm_accuracy"] + expected["svhn_accuracy"]) / 2)
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
 
 
 def test_course_classifier_scores_real_mnistm_val(shared, digits, tmp_path):

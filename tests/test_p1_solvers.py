@@ -1,0 +1,140 @@
+"""DPM-Solver++(2M) and UniPC against diffusers' schedulers, step by step on the same inputs (float64)."""
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from models.diffusion import (
+    ClassifierFreeGuidance,
+    alphas_cumprod,
+    ddim_sample,
+    dpmpp_2m_sample,
+    linear_betas,
+    spaced_timesteps,
+    trailing_timesteps,
+    unipc_sample,
+)
+
+T = 500
+AB = alphas_cumprod(linear_betas(T))
+
+
+def dummy_model(x, t):
+    """diffusers' scheduler-test model: eps = x * t / (t + 1)."""
+    t = t.to(x.dtype).view(-1, 1, 1, 1)
+    return x * t / (t + 1)
+
+
+@pytest.mark.parametrize("T, steps", [(500, 5), (500, 7), (500, 1), (500, 500), (1000, 13)])
+def test_trailing_timesteps_are_diffusers_trailing(T, steps):
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    assert trailing_timesteps(T, steps) == sched.timesteps.tolist()
+    assert trailing_timesteps(500, 5) == [499, 399, 299, 199, 99]
+
+
+def _on_our_grid(sched, timesteps):
+    """Put a diffusers scheduler on our timesteps, ending at sigma = 0 (alpha_bar = 1), in float64:
+    sigma = sqrt((1 - ab) / ab) at each timestep, then 0 (diffusers' `final_sigmas_type="zero"`)."""
+    ab = AB[timesteps]
+    sched.timesteps = torch.tensor(timesteps)
+    sched.sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    sched.num_inference_steps = len(timesteps)
+    return sched
+
+
+def _run_side_by_side(ours, sched, timesteps, **kwargs):
+    """Our sampler's state before every step and its result, and diffusers' on the same x_T."""
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = []
+    out = ours(dummy_model, x_T, AB, timesteps=timesteps,
+               callback=lambda i, t, x, eps: seen.append((t, x.clone())), **kwargs)
+    ref, x = [], x_T.clone()
+    for t in sched.timesteps.tolist():
+        ref.append((t, x.clone()))
+        x = sched.step(dummy_model(x, torch.full((2,), t)), t, x).prev_sample
+    return seen, out, ref, x
+
+
+def _assert_same(seen, out, ref, x, atol):
+    assert [t for t, _ in seen] == [t for t, _ in ref]
+    for (t, a), (_, b) in zip(seen, ref):
+        assert torch.allclose(a, b, rtol=0, atol=atol), (t, (a - b).abs().max())
+    assert torch.allclose(out, x, rtol=0, atol=atol), (out - x).abs().max()
+
+
+@pytest.mark.parametrize("steps, spacing", [(1, spaced_timesteps), (2, spaced_timesteps), (5, spaced_timesteps),
+                                            (5, trailing_timesteps), (10, trailing_timesteps), (20, spaced_timesteps)])
+def test_dpmpp_2m_matches_diffusers_step_by_step(steps, spacing):
+    timesteps = spacing(T, steps)
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
+                                        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                        lower_order_final=True, final_sigmas_type="zero")
+    sched.set_timesteps(timesteps=timesteps)
+    seen, out, ref, x = _run_side_by_side(dpmpp_2m_sample, _on_our_grid(sched, timesteps), timesteps)
+    # diffusers casts the sample to float32 inside `step`: agreement to float32 precision
+    _assert_same(seen, out, ref, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps, spacing", [(1, spaced_timesteps), (2, spaced_timesteps), (3, spaced_timesteps),
+                                            (5, trailing_timesteps), (10, trailing_timesteps), (20, spaced_timesteps)])
+def test_unipc_matches_diffusers_step_by_step(steps, spacing):
+    timesteps = spacing(T, steps)
+    sched = UniPCMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
+                                    solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True,
+                                    final_sigmas_type="zero")
+    sched.set_timesteps(steps)
+    seen, out, ref, x = _run_side_by_side(unipc_sample, _on_our_grid(sched, timesteps), timesteps)
+    _assert_same(seen, out, ref, x, atol=1e-10)
+
+
+def test_unipc_without_corrector_matches_diffusers_disable_corrector():
+    timesteps = spaced_timesteps(T, 6)
+    sched = UniPCMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
+                                    disable_corrector=list(range(6)))
+    sched.set_timesteps(6)
+    seen, out, ref, x = _run_side_by_side(unipc_sample, _on_our_grid(sched, timesteps), timesteps, corrector=False)
+    _assert_same(seen, out, ref, x, atol=1e-10)
+    with_corrector = unipc_sample(dummy_model, ref[0][1], AB, timesteps=timesteps)
+    assert not torch.allclose(with_corrector, out, atol=1e-6)  # the corrector does something
+
+
+def test_first_order_solvers_are_ddim_for_one_and_two_steps():
+    x_T = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    for timesteps in ([300], [400, 100]):
+        ddim = ddim_sample(dummy_model, x_T, AB, timesteps=timesteps)
+        for sampler in (dpmpp_2m_sample, unipc_sample):
+            assert torch.allclose(sampler(dummy_model, x_T, AB, timesteps=timesteps), ddim, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        unipc_sample(dummy_model, x_T, AB, timesteps=[0, 200])
+
+
+class CountingNet(torch.nn.Module):
+    """eps = x * (1 + digit) + dataset, counting the images it sees."""
+    def __init__(self):
+        super().__init__()
+        self.images = 0
+
+    def forward(self, x, t, digit, dataset):
+        self.images += x.shape[0]
+        return x * (1 + digit.view(-1, 1, 1, 1)) + dataset.view(-1, 1, 1, 1).float()
+
+
+def test_guidance_interval_guides_only_inside_and_saves_the_forward_outside():
+    net, x = CountingNet(), torch.randn(4, 3, 2, 2)
+    digit, dset = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1])
+    null = (torch.full((4,), 10), torch.full((4,), 2))
+    model = ClassifierFreeGuidance(net, (digit, dset), null, w=2.0, interval=(100, 300))
+    for t, guided in ((99, False), (100, True), (200, True), (300, True), (301, False)):
+        ts = torch.full((4,), t)
+        net.images = 0
+        out = model(x, ts)
+        assert net.images == (8 if guided else 4), t  # one forward per image outside, two inside
+        cond = net(x, ts, digit, dset)
+        expected = 3.0 * cond - 2.0 * net(x, ts, *null) if guided else cond
+        assert torch.allclose(out, expected), t
+    ts = torch.tensor([50, 150, 250, 350])  # a batch that straddles the interval
+    expected = torch.where(((ts >= 100) & (ts <= 300)).view(-1, 1, 1, 1),
+                           3.0 * net(x, ts, digit, dset) - 2.0 * net(x, ts, *null), net(x, ts, digit, dset))
+    assert torch.allclose(model(x, ts), expected)
+    with pytest.raises(ValueError):
+        ClassifierFreeGuidance(net, (digit, dset), null, w=2.0, interval=(300, 100))
