@@ -12,19 +12,18 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.context_unet import load_p1_model
+from p1_ddpm_eval import load_judge, score
+from p1_ddpm_sample import DEFAULTS, Settings, sample
+from utils.runtime import cpu_capability, resolve_dtype
 
-from models.context_unet import load_p1_model  # noqa: E402
-from p1_ddpm_eval import load_judge, score  # noqa: E402
-from p1_ddpm_sample import DEFAULTS, Settings, sample  # noqa: E402
-from utils.runtime import cpu_capability, resolve_dtype  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 def interval(text: str) -> tuple[int, int] | None:

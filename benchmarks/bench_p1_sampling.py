@@ -11,20 +11,19 @@ Absolute seconds vary 2-5x between hosts and with load: the ratio is the result.
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.classic_context_unet import ClassicContextUnet, flops_per_image
+from models.context_unet import load_p1_model
+from p1_ddpm_sample import DEFAULTS, sample, write_outputs
+from utils.runtime import cpu_capability, native_bf16
 
-from benchmarks.classic_context_unet import ClassicContextUnet, flops_per_image  # noqa: E402
-from models.context_unet import load_p1_model  # noqa: E402
-from p1_ddpm_sample import DEFAULTS, sample, write_outputs  # noqa: E402
-from utils.runtime import cpu_capability, native_bf16  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 UNIT_FORWARDS, UNIT_BATCH = 2000, 250
 

@@ -11,20 +11,18 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.face_ddim import NUM_TRAIN_STEPS, course_timesteps, sample_faces  # noqa: E402
-from models.face_unet import FaceUNet, load_face_unet  # noqa: E402
-from utils.face_io import load_noises, minmax_uint8, mse_255  # noqa: E402
+from models.face_ddim import NUM_TRAIN_STEPS, course_timesteps, sample_faces
+from models.face_unet import FaceUNet, load_face_unet
+from utils.face_io import load_noises, minmax_uint8, mse_255
 from utils.runtime import (
-    DTYPES,  # noqa: E402
-    seed_everything,  # noqa: E402
+    DTYPES,
+    seed_everything,
 )
 
 COURSE_STEPS = 50

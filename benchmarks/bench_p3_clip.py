@@ -7,7 +7,6 @@ as trained ones and need no download. Writes the table to --out as JSON.
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clip_weights import Weights  # noqa: E402
-from models.clip_zeroshot import DEFAULT_TEMPLATES, image_logits, load_clip, resolve_model, text_embeddings  # noqa: E402
-from utils.runtime import pick_device, seed_everything  # noqa: E402
+from models.clip_weights import Weights
+from models.clip_zeroshot import DEFAULT_TEMPLATES, image_logits, load_clip, resolve_model, text_embeddings
+from utils.runtime import pick_device, seed_everything
 
 
 def parse_args(argv=None):

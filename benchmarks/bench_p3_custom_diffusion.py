@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -20,15 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import DDPMScheduler
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from benchmarks.bench_p3_textual_inversion import bench_train as bench_ti_train
 from models.custom_diffusion import custom_diffusion_loss, setup_training
 from models.sd_loading import random_pipeline, shipped_configs
 from models.textual_inversion import restore_rows, sample_images
 from utils.clip_score import IMAGES_PER_PROMPT
 from utils.runtime import cpu_capability, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 CARD_GB = 24
 

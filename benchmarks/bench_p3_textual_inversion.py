@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -18,19 +17,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import DDPMScheduler
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.sd_loading import random_pipeline, shipped_configs  # noqa: E402
-from models.textual_inversion import (  # noqa: E402
+from models.sd_loading import random_pipeline, shipped_configs
+from models.textual_inversion import (
     add_placeholder,
     diffusion_loss,
     optimise,
     sample_images,
     setup_training,
 )
-from utils.clip_score import IMAGES_PER_PROMPT  # noqa: E402
-from utils.runtime import seed_everything  # noqa: E402
+from utils.clip_score import IMAGES_PER_PROMPT
+from utils.runtime import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 COURSE_MINUTES, COURSE_GB = 15, 20
 PROMPTS_IN_INPUT_JSON = 4  # the course's input.json: 2 concepts x 2 prompts

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import p1_ddpm_train
 from models.context_unet import ContextUnet
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas, q_sample
 from utils.digits import DigitData
 from utils.runtime import cpu_capability
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 def parse_args(argv=None):

@@ -1,7 +1,6 @@
 """Shared test fixtures. `../shared` (or $HW2_SHARED) must exist: tests fail, never skip, without it."""
 import os
 import re
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
