@@ -1,4 +1,4 @@
-"""Smoke tests of p2_ddim.py and hw2_2.sh on 64x64 noises with a small random UNet state_dict."""
+"""Smoke tests of p2_ddim.py and hw2_2.sh on 32x32 noises with a small random UNet state_dict."""
 import json
 import os
 import subprocess
@@ -23,14 +23,14 @@ NAMES = ["00", "01", "02", "03"]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """noise/NN.pt (1, 3, 64, 64) and UNet.pt: a plain state_dict of a random width-32 FaceUNet."""
+    """noise/NN.pt (1, 3, 32, 32) and UNet.pt: a plain state_dict of a random width-32 FaceUNet."""
     root = tmp_path_factory.mktemp("p2")
     torch.manual_seed(0)
     torch.save(FaceUNet(channels=32).state_dict(), root / "UNet.pt")
     (root / "noise").mkdir()
     g = torch.Generator().manual_seed(0)
     for name in NAMES:
-        torch.save(torch.randn(1, 3, 64, 64, generator=g), root / "noise" / f"{name}.pt")
+        torch.save(torch.randn(1, 3, 32, 32, generator=g), root / "noise" / f"{name}.pt")
     return root
 
 
@@ -51,14 +51,14 @@ def test_writes_one_png_per_noise_and_scores_mse(files, tmp_path):
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2"])
     assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in NAMES]
     images = np.stack([read(out / f"{n}.png") for n in NAMES])
-    assert images.shape == (4, 64, 64, 3)
+    assert images.shape == (4, 32, 32, 3)
     assert (images.reshape(4, -1).min(1) == 0).all() and (images.reshape(4, -1).max(1) == 255).all()
 
     gt = tmp_path / "gt"
     gt.mkdir()
     for n in NAMES:
         Image.fromarray(images[NAMES.index(n)]).save(gt / f"{n}.png")
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(gt / "01.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(gt / "01.png")
     out2 = tmp_path / "out2"
     p2_ddim.main([str(files / "noise"), str(out2), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt)])
     report = json.loads((out2 / "mse.json").read_text())
@@ -77,18 +77,18 @@ def test_report_figures_hold_the_sampled_images_in_order(files, tmp_path):
                   "--eta-sweep", "--interpolation", "--seed", "1"])
     model = load_face_unet(files / "UNet.pt")
     _, x_T = load_noises(files / "noise")
-    rows = eta_sweep(model, x_T[:4], ETAS, seed=1, **sweep_options())  # (5, 4, 3, 64, 64)
-    expected = minmax_uint8(rows.flatten(0, 1)).reshape(5, 4, 64, 64, 3)
+    rows = eta_sweep(model, x_T[:4], ETAS, seed=1, **sweep_options())  # (5, 4, 3, 32, 32)
+    expected = minmax_uint8(rows.flatten(0, 1)).reshape(5, 4, 32, 32, 3)
     tiles = grid_tiles(out / "eta_sweep.png", expected.shape, [f"eta={e:g}" for e in ETAS], NAMES,
-                       "DDIM 2 steps (ldm), eta sweep (seed 1)", scale=2)
+                       "DDIM 2 steps (ldm), eta sweep (seed 1)", scale=4)
     np.testing.assert_array_equal(tiles, expected)
     assert not np.array_equal(tiles[0], tiles[-1])  # eta changes the images
 
     noises = interpolated_noises(x_T[0], x_T[1], ALPHAS)
     x0 = sample_faces(model, noises.flatten(0, 1), **sweep_options())
-    expected = minmax_uint8(x0).reshape(2, 11, 64, 64, 3)
+    expected = minmax_uint8(x0).reshape(2, 11, 32, 32, 3)
     tiles = grid_tiles(out / "interpolation.png", expected.shape, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
-                       "x_T from 00 (alpha 0) to 01 (alpha 1), DDIM eta 0 (ldm)", scale=2)
+                       "x_T from 00 (alpha 0) to 01 (alpha 1), DDIM eta 0 (ldm)", scale=4)
     np.testing.assert_array_equal(tiles, expected)
     np.testing.assert_array_equal(tiles[0, 0], read(out / "00.png"))  # alpha 0 is the first noise itself
     np.testing.assert_array_equal(tiles[1, -1], read(out / "01.png"))
@@ -111,14 +111,14 @@ def test_conventions_side_by_side(files, tmp_path, capsys):
     assert report["per_image"] == pytest.approx(dict(zip(NAMES, mse)))
     assert report["mean"] == pytest.approx(mse.mean()) and f"mean MSE {mse.mean():.3f}" in said
     title = f"DDIM 2 steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; mean MSE {mse.mean():.2f}"
-    tiles = grid_tiles(ldm / "conventions.png", expected.shape, ["ldm", "paper"], NAMES, title, scale=2)
+    tiles = grid_tiles(ldm / "conventions.png", expected.shape, ["ldm", "paper"], NAMES, title, scale=4)
     np.testing.assert_array_equal(tiles, expected)
 
 
 def test_mse_pass_fail_against_the_baseline(files, tmp_path, capsys):
     out, gt = tmp_path / "out", tmp_path / "gt"
     p2_ddim.main([str(files / "noise"), str(gt), str(files / "UNet.pt"), "--steps", "2"])
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(gt / "03.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(gt / "03.png")
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt)])
     report = json.loads((out / "mse.json").read_text())
     mse_03 = (read(out / "03.png").astype(np.float64) ** 2).mean()
@@ -160,7 +160,7 @@ def test_unwritable_out_dir_is_found_before_sampling(files, tmp_path, cli_error,
         p2_ddim.main([str(files / "noise"), str(tmp_path / "file" / "out"), str(files / "UNet.pt")])
 
 
-@pytest.mark.parametrize("bad", [b"garbage", {"x": 1}, torch.zeros(1, 3, 64, 48), torch.zeros(1, 3, 32, 32)])
+@pytest.mark.parametrize("bad", [b"garbage", {"x": 1}, torch.zeros(1, 3, 32, 48), torch.zeros(1, 3, 64, 64)])
 def test_bad_noise_file_is_named_and_nothing_is_written(files, tmp_path, bad, cli_error):
     noise = tmp_path / "noise"
     noise.mkdir()
