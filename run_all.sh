@@ -73,40 +73,47 @@ $PY p2_ddim.py "$DATA/face/noise" "$OUT/p2" "$DATA/face/UNet.pt" --gt-dir "$DATA
 $PY p3_clip_zeroshot.py "$DATA/clip_zeroshot/val" "$DATA/clip_zeroshot/id2label.json" "$OUT/p3_clip" \
     --model ViT-B-32 --pretrained openai --skip-missing
 
-# P3: textual inversion on SD v1 (needs hw2_data/sd-v1-4.ckpt): learn <new1>, <new2>, <new3> (resumable:
-# a token trained to its steps is not trained again), the graded images, their CLIP scores and the
-# two-concept figure
-TI_TRAIN=(--embeds-dir "$TI_EMBEDS" --run-dir "$TI_RUN" --steps "${HW2_TI_STEPS:-3000}" --resume --skip-missing)
-TI_SAMPLE=(--embeds-dir "$TI_EMBEDS" --sampler "$TI_SAMPLER" --steps "$TI_STEPS" --guidance "$TI_GUIDANCE"
-           --seed "$TI_SEED" --skip-missing)
-$PY p3_textual_inversion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --token '<new1>' \
-    --initializer dog "${TI_TRAIN[@]}"
-$PY p3_textual_inversion.py train "$DATA/textual_inversion/1" "$DATA/sd-v1-4.ckpt" --token '<new2>' \
-    --initializer illustration --style "${TI_TRAIN[@]}"
-$PY p3_textual_inversion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --token '<new3>' \
-    --initializer cat "${TI_TRAIN[@]}"
-$PY p3_textual_inversion.py generate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" "$DATA/sd-v1-4.ckpt" \
-    "${TI_SAMPLE[@]}"
-$PY p3_textual_inversion.py evaluate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" \
-    --concept-root "$DATA/textual_inversion" --clip "$DATA/clip-vit-base-patch32" \
-    --json "$OUT/p3_ti_scores.json" --skip-missing
-$PY p3_textual_inversion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_multi_concept.png" \
-    --tokens '<new1>' '<new3>' "${TI_SAMPLE[@]}"
+# P3 on Stable Diffusion v1: only when the model is there (each program would say so, but loading
+# diffusers eleven times to say it takes over a minute)
+if [ ! -e "$DATA/sd-v1-4.ckpt" ]; then
+    echo "run_all.sh: P3 textual inversion and Custom Diffusion skipped: $DATA/sd-v1-4.ckpt is missing" \
+         "(Stable Diffusion v1; see hw2_data/README.md)"
+else
+    # P3: textual inversion on SD v1 (needs hw2_data/sd-v1-4.ckpt): learn <new1>, <new2>, <new3> (resumable:
+    # a token trained to its steps is not trained again), the graded images, their CLIP scores and the
+    # two-concept figure
+    TI_TRAIN=(--embeds-dir "$TI_EMBEDS" --run-dir "$TI_RUN" --steps "${HW2_TI_STEPS:-3000}" --resume --skip-missing)
+    TI_SAMPLE=(--embeds-dir "$TI_EMBEDS" --sampler "$TI_SAMPLER" --steps "$TI_STEPS" --guidance "$TI_GUIDANCE"
+               --seed "$TI_SEED" --skip-missing)
+    $PY p3_textual_inversion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --token '<new1>' \
+        --initializer dog "${TI_TRAIN[@]}"
+    $PY p3_textual_inversion.py train "$DATA/textual_inversion/1" "$DATA/sd-v1-4.ckpt" --token '<new2>' \
+        --initializer illustration --style "${TI_TRAIN[@]}"
+    $PY p3_textual_inversion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --token '<new3>' \
+        --initializer cat "${TI_TRAIN[@]}"
+    $PY p3_textual_inversion.py generate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" "$DATA/sd-v1-4.ckpt" \
+        "${TI_SAMPLE[@]}"
+    $PY p3_textual_inversion.py evaluate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" \
+        --concept-root "$DATA/textual_inversion" --clip "$DATA/clip-vit-base-patch32" \
+        --json "$OUT/p3_ti_scores.json" --skip-missing
+    $PY p3_textual_inversion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_multi_concept.png" \
+        --tokens '<new1>' '<new3>' "${TI_SAMPLE[@]}"
 
 
-# P3: Custom Diffusion on SD v1 (needs hw2_data/sd-v1-4.ckpt): <new1> and <new3> jointly (resumable), the
-# same two apart and merged, the two-concept comparison with textual inversion
-CD_RUN=${HW2_CD_RUN:-runs/p3_custom_diffusion}
-$PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" \
-    --tokens '<new1>' '<new3>' --class-words dog cat --out-dir "$CD_RUN/joint" --resume --skip-missing
-$PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --tokens '<new1>' \
-    --class-words dog --out-dir "$CD_RUN/new1" --resume --skip-missing
-$PY p3_custom_diffusion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --tokens '<new3>' \
-    --class-words cat --out-dir "$CD_RUN/new3" --resume --skip-missing
-$PY p3_custom_diffusion.py merge "$CD_RUN/new1" "$CD_RUN/new3" "$DATA/sd-v1-4.ckpt" \
-    --out-dir "$CD_RUN/merged" --skip-missing
-$PY p3_custom_diffusion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_cd_comparison.png" --tokens '<new1>' '<new3>' \
-    --ti-embeds "$TI_EMBEDS" --joint "$CD_RUN/joint" --merged "$CD_RUN/merged" --skip-missing
+    # P3: Custom Diffusion on SD v1 (needs hw2_data/sd-v1-4.ckpt): <new1> and <new3> jointly (resumable), the
+    # same two apart and merged, the two-concept comparison with textual inversion
+    CD_RUN=${HW2_CD_RUN:-runs/p3_custom_diffusion}
+    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" \
+        --tokens '<new1>' '<new3>' --class-words dog cat --out-dir "$CD_RUN/joint" --resume --skip-missing
+    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --tokens '<new1>' \
+        --class-words dog --out-dir "$CD_RUN/new1" --resume --skip-missing
+    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --tokens '<new3>' \
+        --class-words cat --out-dir "$CD_RUN/new3" --resume --skip-missing
+    $PY p3_custom_diffusion.py merge "$CD_RUN/new1" "$CD_RUN/new3" "$DATA/sd-v1-4.ckpt" \
+        --out-dir "$CD_RUN/merged" --skip-missing
+    $PY p3_custom_diffusion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_cd_comparison.png" --tokens '<new1>' '<new3>' \
+        --ti-embeds "$TI_EMBEDS" --joint "$CD_RUN/joint" --merged "$CD_RUN/merged" --skip-missing
+fi
 
 # The report: every figure and number above in OUT/report.md (with --train, the run's training curves)
 if [ "$TRAIN" = 1 ]; then
