@@ -14,6 +14,7 @@ import torch
 
 from models.digit_classifiers import CourseClassifier, SvhnJudge, predict
 from utils.checkpoint import load_checkpoint, load_state_dict_strict
+from utils.cli import missing_paths, skip_missing
 from utils.digits import load_image
 from utils.errors import UserError, cli
 
@@ -84,9 +85,8 @@ def main(argv=None):
     args = parse_args(argv)
     paths = {"mnistm": args.mnistm_classifier, "svhn": args.svhn_classifier}
     classifiers = {d: paths[d] for d in args.datasets}
-    missing = [f"{path} ({d} classifier)" for d, path in classifiers.items() if not path.is_file()]
-    if missing and args.skip_missing:
-        print("p1_ddpm_eval.py: skipped, missing: " + ", ".join(missing))
+    missing = missing_paths({f"{d} classifier": path for d, path in classifiers.items()})
+    if skip_missing(PROG, missing if args.skip_missing else [], args.skip_missing):
         return None
     result = evaluate(args.out_dir, classifiers)
     for dataset in args.datasets:

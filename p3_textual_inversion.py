@@ -49,9 +49,9 @@ from utils.cli import (
 )
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
 from utils.errors import UserError, cli
-from utils.images import labelled_grid
+from utils.images import labelled_grid, load_rgb
 from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
-from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, open_rgb, read_prompt_file
+from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, read_prompt_file
 from utils.training import (
     LossMeter,
     TrainLog,
@@ -384,7 +384,7 @@ def evaluate(args):
     for c in concepts:
         if c.clip_prompts is None or c.baselines is None:
             raise UserError(f"{args.input_json}: concept {c.id} has no prompt_4_clip_eval/baseline to score against")
-        references = [open_rgb(p) for p in image_files(args.concept_root / c.id)]
+        references = [load_rgb(p) for p in image_files(args.concept_root / c.id)]
         if not references:
             raise UserError(f"{args.concept_root / c.id}: no reference images")
         for i, (text, (base_img, base_txt)) in enumerate(zip(c.clip_prompts, c.baselines)):

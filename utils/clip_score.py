@@ -12,7 +12,8 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from utils.errors import UserError
-from utils.ti_data import image_files, open_rgb
+from utils.images import load_rgb
+from utils.ti_data import image_files
 
 IMAGES_PER_PROMPT = 25  # the course's evaluator refuses any other count
 TOP_K, TEXT_WEIGHT = 5, 2.5
@@ -70,4 +71,4 @@ def load_generated(folder: Path, expected: int = IMAGES_PER_PROMPT) -> list:
     paths = image_files(folder)
     if len(paths) != expected:
         raise UserError(f"{folder}: found {len(paths)} images; the course's evaluator needs exactly {expected}")
-    return [open_rgb(p) for p in paths]
+    return [load_rgb(p) for p in paths]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.images import load_rgb
 
 DATASETS = ("mnistm", "svhn")  # data-set label 0 and 1
 IMAGE_SIZE = 28
@@ -48,14 +49,10 @@ def load_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
     """An RGB uint8 array (size, size, 3); a missing or unreadable file is a UserError."""
     if not path.is_file():
         raise UserError(f"{path}: image listed in the csv does not exist")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: cannot read image ({e})") from None
+    im = load_rgb(path)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def load_split(root: Path, dataset: str, split: str = "train", limit: int | None = None,

@@ -11,9 +11,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from utils.errors import UserError
+from utils.images import load_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # the course's evaluator reads these
 LEARNED_TOKEN = re.compile(r"<[^<>\s]+>")  # "<new1>": how the course names learned tokens in prompts
@@ -50,14 +51,6 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: cannot read image ({e})") from None
-
-
 class Crop(NamedTuple):
     top: int
     left: int
@@ -81,7 +74,7 @@ class ConceptImages:
         self.templates = STYLE_TEMPLATES if style else OBJECT_TEMPLATES
         self.images = []
         for path in paths:
-            im = open_rgb(path)
+            im = load_rgb(path)
             scale = resolution / min(im.size)
             im = im.resize((max(resolution, round(im.width * scale)), max(resolution, round(im.height * scale))),
                            Image.BICUBIC)
