@@ -19,11 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import DDPMScheduler
 
+from benchmarks.bench_p3_textual_inversion import bench_generate, fmt_gb, peak_gb, sync
 from benchmarks.bench_p3_textual_inversion import bench_train as bench_ti_train
 from models.custom_diffusion import custom_diffusion_loss, setup_training
 from models.sd_loading import random_pipeline, shipped_configs
-from models.textual_inversion import restore_rows, sample_images
-from utils.clip_score import IMAGES_PER_PROMPT
+from models.textual_inversion import restore_rows
 from utils.runtime import cpu_capability, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="CPU threads (1 is faster for the tiny models on a busy machine)")
     return p.parse_args(argv)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_gb(device) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
 def bench_train(pipe, device, dtype, batch: int, res: int, steps: int) -> dict:
@@ -84,21 +75,6 @@ def bench_train(pipe, device, dtype, batch: int, res: int, steps: int) -> dict:
     return {"s_per_step": sum(times[1:]) / steps, "peak_gb": peak_gb(device)}
 
 
-def bench_generate(pipe, device, dtype, res: int, steps: int, batch: int) -> dict:
-    """Seconds for the 25 images of one prompt, as `p3_custom_diffusion.py generate` makes them."""
-    pipe.to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    kwargs = {"seed": 0, "batch_size": batch, "steps": steps, "guidance": 6.0, "resolution": res}
-    sample_images(pipe, "photo of a dog", batch, **kwargs)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync(device)
-    start = time.perf_counter()
-    sample_images(pipe, "photo of a dog", IMAGES_PER_PROMPT, **kwargs)
-    sync(device)
-    return {"s_per_25_images": time.perf_counter() - start, "peak_gb": peak_gb(device)}
-
-
 def run(name, configs, device, train_dtype, sample_dtype, res, batch_train, batch_sample, sample_steps, train_steps):
     torch.manual_seed(0)
     row = {"setup": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
@@ -108,12 +84,9 @@ def run(name, configs, device, train_dtype, sample_dtype, res, batch_train, batc
     torch.manual_seed(0)  # textual inversion on as many images per step, for the ratio
     row["ti_train"] = bench_ti_train(random_pipeline(configs), device, train_dtype, 2 * batch_train, res, train_steps)
     torch.manual_seed(0)
-    row["generate"] = bench_generate(random_pipeline(configs), device, sample_dtype, res, sample_steps, batch_sample)
+    row["generate"] = bench_generate(random_pipeline(configs), device, sample_dtype, res, sample_steps, batch_sample,
+                                     guidance=6.0, prompt="photo of a dog")
     return row
-
-
-def fmt_gb(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None):

@@ -80,17 +80,19 @@ def bench_train(pipe, device, dtype, batch: int, res: int, steps: int) -> dict:
     return {"s_per_step": sum(times[1:]) / steps, "peak_gb": peak_gb(device)}
 
 
-def bench_generate(pipe, device, dtype, res: int, steps: int, batch: int) -> dict:
-    """Seconds for the 25 images of one prompt, as `p3_textual_inversion.py generate` makes them."""
+def bench_generate(pipe, device, dtype, res: int, steps: int, batch: int, guidance: float = 7.5,
+                   prompt: str = "a photo of a dog") -> dict:
+    """Seconds for the 25 images of one prompt, as `p3_textual_inversion.py generate` (and Custom Diffusion's)
+    makes them."""
     pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(seed=0, batch_size=batch, steps=steps, guidance=7.5, resolution=res)
-    sample_images(pipe, "a photo of a dog", batch, **kwargs)  # warm-up
+    kwargs = dict(seed=0, batch_size=batch, steps=steps, guidance=guidance, resolution=res)
+    sample_images(pipe, prompt, batch, **kwargs)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
     start = time.perf_counter()
-    sample_images(pipe, "a photo of a dog", IMAGES_PER_PROMPT, **kwargs)
+    sample_images(pipe, prompt, IMAGES_PER_PROMPT, **kwargs)
     sync(device)
     return {"s_per_25_images": time.perf_counter() - start, "peak_gb": peak_gb(device)}
 
