@@ -44,8 +44,15 @@ from models.custom_diffusion import (
     zero_frozen_rows,
 )
 from models.sd_loading import load_pipeline
-from models.textual_inversion import adam_rows, load_adam_rows, restore_rows, sample_images
-from p3_textual_inversion import SAMPLERS, embeds_path, prepare_sampling
+from models.textual_inversion import (
+    SAMPLERS,
+    adam_rows,
+    embeds_path,
+    load_adam_rows,
+    prepare_sampling,
+    restore_rows,
+    sample_images,
+)
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
     check_writable_dir,

@@ -20,19 +20,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import DDPMScheduler
 from tqdm import tqdm
 
 from models.sd_loading import load_pipeline
 from models.textual_inversion import (
+    SAMPLERS,
+    Sampling,
     adam_rows,
     add_placeholder,
     diffusion_loss,
+    embeds_path,
     expand_placeholder,
     load_adam_rows,
-    load_learned_embeds,
     optimise,
-    sample_images,
+    prepare_sampling,
+    sample,
     save_learned_embeds,
     setup_training,
 )
@@ -50,7 +53,7 @@ from utils.cli import (
 from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, load_rgb
-from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
+from utils.runtime import DTYPES, pick_device, seed_everything
 from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, read_prompt_file
 from utils.training import (
     LossMeter,
@@ -64,7 +67,6 @@ from utils.training import (
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EMBEDS = ROOT / "checkpoints" / "p3_textual_inversion"
-SAMPLERS = {"dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "pndm": PNDMScheduler}
 PROG = "p3_textual_inversion.py"
 
 
@@ -172,9 +174,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def embeds_path(embeds_dir: Path, token: str) -> Path:
-    return Path(embeds_dir) / f"{token.strip('<>')}.safetensors"
-
 
 def missing(paths: dict, args, hint: str = "") -> bool:
     """True if --skip-missing and some input is absent (after saying which); a UserError without the flag."""
@@ -184,40 +183,8 @@ def missing(paths: dict, args, hint: str = "") -> bool:
 TRAIN_HINT = f"learned embeddings come from `{PROG} train CONCEPT_DIR MODEL --token TOKEN --initializer WORD`"
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How every image is sampled: image i of a prompt starts from the CPU noise of seed + i."""
-    seed: int = 0
-    batch_size: int = 5
-    steps: int = 30
-    guidance: float = 7.5
-    resolution: int | None = None  # None: the model's own (unet sample_size x VAE factor, 512 for SD v1)
-
-
 def sampling_of(args) -> Sampling:
     return Sampling(args.seed, args.batch_size, args.steps, args.guidance, args.resolution)
-
-
-def prepare_sampling(model: Path, embeds_dir: Path, tokens: list[str], sampler: str = "dpm++",
-                     device: str = "auto", dtype: str = "auto"):
-    """The pipeline on its device with every learned token loaded (diffusers' load_textual_inversion)."""
-    chosen = pick_device(device)
-    pipe = load_pipeline(model)
-    for token in tokens:
-        path = embeds_path(embeds_dir, token)
-        stored, _ = load_learned_embeds(path)
-        if stored != token:
-            raise UserError(f"{path}: holds embeddings for {stored}, not {token}")
-        pipe.load_textual_inversion(str(path), local_files_only=True)
-    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(chosen, resolve_dtype(dtype, chosen, cuda="fp16"))
-
-
-def sample(pipe, prompt: str, num: int, settings: Sampling) -> list:
-    resolution = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return sample_images(pipe, prompt, num, seed=settings.seed, batch_size=settings.batch_size, steps=settings.steps,
-                         guidance=settings.guidance, resolution=resolution)
 
 
 # ------------------------------------------------------------------------------------------- train

@@ -7,15 +7,19 @@ trained; every other row is restored after each optimiser step. The result is sa
 `{token: (n, dim)}` in a safetensors file, the format `load_textual_inversion` reads.
 """
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.sd_loading import load_pipeline
 from utils.errors import UserError
+from utils.runtime import pick_device, resolve_dtype
 
 
 def placeholder_tokens(token: str, num_vectors: int = 1) -> list[str]:
@@ -170,3 +174,43 @@ def load_learned_embeds(path: Path) -> tuple[str, torch.Tensor]:
         raise UserError(f"{path}: expected one token's embeddings, found keys {sorted(state)}")
     token, vectors = next(iter(state.items()))
     return token, vectors.reshape(-1, vectors.shape[-1])
+
+
+# ------------------------------------------------------------------------------ sampling with learned tokens
+SAMPLERS = {"dpm++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "pndm": PNDMScheduler}
+
+
+def embeds_path(embeds_dir: Path, token: str) -> Path:
+    return Path(embeds_dir) / f"{token.strip('<>')}.safetensors"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How every image is sampled: image i of a prompt starts from the CPU noise of seed + i."""
+    seed: int = 0
+    batch_size: int = 5
+    steps: int = 30
+    guidance: float = 7.5
+    resolution: int | None = None  # None: the model's own (unet sample_size x VAE factor, 512 for SD v1)
+
+
+def prepare_sampling(model: Path, embeds_dir: Path, tokens: list[str], sampler: str = "dpm++",
+                     device: str = "auto", dtype: str = "auto"):
+    """The pipeline on its device with every learned token loaded (diffusers' load_textual_inversion)."""
+    chosen = pick_device(device)
+    pipe = load_pipeline(model)
+    for token in tokens:
+        path = embeds_path(embeds_dir, token)
+        stored, _ = load_learned_embeds(path)
+        if stored != token:
+            raise UserError(f"{path}: holds embeddings for {stored}, not {token}")
+        pipe.load_textual_inversion(str(path), local_files_only=True)
+    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(chosen, resolve_dtype(dtype, chosen, cuda="fp16"))
+
+
+def sample(pipe, prompt: str, num: int, settings: Sampling) -> list:
+    resolution = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return sample_images(pipe, prompt, num, seed=settings.seed, batch_size=settings.batch_size, steps=settings.steps,
+                         guidance=settings.guidance, resolution=resolution)
