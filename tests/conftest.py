@@ -1,4 +1,5 @@
 """Shared test fixtures. `../shared` (or $HW2_SHARED) must exist: tests fail, never skip, without it."""
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -35,3 +36,17 @@ def cli_error(capsys):
         if match is not None:
             assert re.search(match, result.message), f"{match!r} not in stderr: {result.message}"
     return expect
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A diffusers folder of a tiny random SD v1 (tests/fixtures/ti_tiny_sd.json; its configs double as the
+    config folder for single files), and the pipeline itself."""
+    import torch
+
+    from models.sd_loading import random_pipeline
+    torch.manual_seed(0)
+    pipe = random_pipeline(json.loads((ROOT / "tests" / "fixtures" / "ti_tiny_sd.json").read_text()))
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    pipe.save_pretrained(folder)
+    return folder, pipe

@@ -3,23 +3,17 @@ import shutil
 
 import pytest
 import torch
+from helpers import copy_digits
 
 import p1_ddpm_train
-from utils.digits import DigitData, load_split, read_split_csv
+from utils.digits import DigitData, load_split
 from utils.errors import UserError
 
 
 @pytest.fixture
 def tiny_root(shared, tmp_path):
     """A course-layout copy of 30 real images per data set (labels as in the real csv)."""
-    root = tmp_path / "digits"
-    for name in ("mnistm", "svhn"):
-        src = shared / "hw2_data" / "digits" / name
-        (root / name / "data").mkdir(parents=True)
-        rows = read_split_csv(src / "train.csv")[:30]
-        for image, _ in rows:
-            shutil.copy(src / "data" / image, root / name / "data" / image)
-        (root / name / "train.csv").write_text("image_name,label\n" + "".join(f"{i},{l}\n" for i, l in rows))
+    root = copy_digits(shared, tmp_path / "digits", 30)
     return root
 
 

@@ -86,15 +86,6 @@ def test_rescale_masks_exactly_the_image():
     assert seen >= {*SMALL_PREFIXES, *LARGE_PREFIXES, ""}
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    torch.manual_seed(0)
-    pipe = random_pipeline(TINY)
-    folder = tmp_path_factory.mktemp("tiny_sd")
-    pipe.save_pretrained(folder)
-    return folder, pipe
-
-
 def train_argv(tiny_sd, shared, out, reg, *extra, concepts=("0", "2")):
     root = shared / "hw2_data/textual_inversion"
     return ["train", *[str(root / c) for c in concepts], str(tiny_sd[0]), "--tokens", *TOKENS[:len(concepts)],

@@ -20,7 +20,6 @@ from models.sd_loading import (
     clip_tokenizer,
     components_from_single_file,
     load_pipeline,
-    random_pipeline,
 )
 from models.textual_inversion import load_learned_embeds, save_learned_embeds
 from utils.errors import UserError
@@ -33,16 +32,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 
 # ------------------------------------------------------------------ tiny models and the LDM key layout
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    """A diffusers folder of a tiny SD v1 (its configs double as the config folder for single files)."""
-    torch.manual_seed(0)
-    pipe = random_pipeline(TINY)
-    folder = tmp_path_factory.mktemp("tiny_sd")
-    pipe.save_pretrained(folder)
-    return folder, pipe
-
-
 def unet_to_ldm(state: dict, config) -> dict:
     """diffusers UNet keys -> the original LDM names (input_blocks / middle_block / output_blocks)."""
     L, n = config["layers_per_block"], len(config["block_out_channels"])

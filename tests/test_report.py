@@ -13,6 +13,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import copy_digits
 from PIL import Image
 
 import p1_ddpm_eval
@@ -23,7 +24,6 @@ import p3_clip_zeroshot
 import report
 from models.clip_zeroshot import resolve_model
 from models.face_unet import FaceUNet
-from utils.digits import read_split_csv
 from utils.report import read_train_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,14 +278,7 @@ def test_bad_inputs_are_one_line_errors(outputs, tmp_path, cli_error):
 @pytest.fixture
 def tiny_data(shared, tmp_path):
     """hw2_data with 40 real images per digit data set (the course layout), nothing else."""
-    root = tmp_path / "hw2_data" / "digits"
-    for name in ("mnistm", "svhn"):
-        src = shared / "hw2_data" / "digits" / name
-        (root / name / "data").mkdir(parents=True)
-        rows = read_split_csv(src / "train.csv")[:40]
-        for image, _ in rows:
-            shutil.copy(src / "data" / image, root / name / "data" / image)
-        (root / name / "train.csv").write_text("image_name,label\n" + "".join(f"{i},{l}\n" for i, l in rows))
+    root = copy_digits(shared, tmp_path / "hw2_data" / "digits", 40)
     return root.parent
 
 
