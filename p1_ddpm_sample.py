@@ -30,7 +30,7 @@ from models.diffusion import (
 from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_int, probability, staged_dir
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
-from utils.runtime import Autocast, add_dtype_flag, pick_device, resolve_dtype, seed_everything
+from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 PROG = "p1_ddpm_sample.py"
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
@@ -44,18 +44,13 @@ class Settings:
     sampler: str = "unipc"
     steps: int = 5
     spacing: str = "trailing"
-    guidance: float = 4.0
+    guidance: float = 3.0
     guidance_interval: tuple[int, int] | None = None  # guide only for lo <= t <= hi (0-indexed timesteps)
     eta: float = 0.0  # DDIM only
     batch_size: int = 64
 
     def timesteps(self, num_train_steps: int) -> list[int]:
         return SPACINGS[self.spacing](num_train_steps, self.steps)
-
-    def forwards_per_image(self, num_train_steps: int) -> int:
-        """Network evaluations per image: two per guided step, one per other step."""
-        lo, hi = self.guidance_interval or (0, num_train_steps)
-        return sum(2 if self.guidance != 0 and lo <= t <= hi else 1 for t in self.timesteps(num_train_steps))
 
 
 DEFAULTS = Settings()
@@ -109,11 +104,16 @@ def reverse_points(num_train_steps: int) -> list[int]:
     return sorted({max(1, round(t * num_train_steps / 500)) for t in REVERSE_POINTS_500}, reverse=True)
 
 
-def _guided(net, digit, dset, settings: Settings, dtype, device) -> ClassifierFreeGuidance:
+def guided_denoiser(net, digit, dset, settings: Settings, dtype=torch.float32, device="cpu") -> ClassifierFreeGuidance:
+    """eps(x, t) of `net` for images of class (digit, dset) with the guidance of `settings`.
+
+    Puts the network's weights in channels_last: the convolutions then run about 15% faster on the CPU.
+    """
+    net.to(memory_format=torch.channels_last)
     return ClassifierFreeGuidance(
-        Autocast(net, dtype), (digit.to(device), dset.to(device)),
+        net, (digit.to(device), dset.to(device)),
         (torch.full_like(digit, net.null_digit).to(device), torch.full_like(dset, net.null_dataset).to(device)),
-        w=settings.guidance, chunk=settings.batch_size, interval=settings.guidance_interval)
+        w=settings.guidance, chunk=settings.batch_size, interval=settings.guidance_interval, dtype=dtype)
 
 
 def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int = 50, seed: int = 0,
@@ -127,7 +127,7 @@ def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int =
     dset = torch.arange(len(datasets)).repeat_interleave(10 * n)
     gen = seed_everything(seed)
     x_T = torch.randn(len(digit), 3, 28, 28, generator=gen)
-    model = _guided(net, digit, dset, settings, dtype, device)
+    model = guided_denoiser(net, digit, dset, settings, dtype, device)
     kwargs = {"ddpm": {"generator": gen}, "ddim": {"generator": gen, "eta": settings.eta}}.get(settings.sampler, {})
     x0 = SAMPLERS[settings.sampler](model, x_T.to(device), alpha_bar, timesteps=settings.timesteps(T),
                                     progress=progress, **kwargs)
@@ -143,7 +143,7 @@ def reverse_process(net, config: dict, settings: Settings = DEFAULTS, *, seed: i
     points = reverse_points(T)
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(len(datasets), 3, 28, 28, generator=gen)
-    model = _guided(net, torch.zeros(len(datasets), dtype=torch.int64), torch.arange(len(datasets)),
+    model = guided_denoiser(net, torch.zeros(len(datasets), dtype=torch.int64), torch.arange(len(datasets)),
                     settings, dtype, device)
     states = {}
 

@@ -25,7 +25,7 @@ PER_DIGIT=${HW2_PER_DIGIT:-50}
 
 # sampling settings: passed to the programs below and recorded in OUT/run_info.json for the report
 P1_CKPT=checkpoints/p1_ddpm.pt SVHN_JUDGE=checkpoints/svhn_classifier.pt
-P1_SAMPLER=unipc P1_STEPS=5 P1_SPACING=trailing P1_GUIDANCE=4 P1_SEED=0  # hw2_1.sh's defaults
+P1_SAMPLER=unipc P1_STEPS=5 P1_SPACING=trailing P1_GUIDANCE=3 P1_SEED=0  # hw2_1.sh's defaults
 P2_STEPS=50 P2_SEED=0
 TI_EMBEDS=checkpoints/p3_textual_inversion TI_RUN=runs/p3_textual_inversion
 TI_SAMPLER=dpm++ TI_STEPS=30 TI_GUIDANCE=7.5 TI_SEED=0

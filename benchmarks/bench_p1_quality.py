@@ -3,9 +3,9 @@
 For each setting (the product of the lists given): `p1_ddpm_sample.sample` makes `--per-digit` images
 per digit per data set and `p1_ddpm_eval.score` scores them in memory (MNIST-M with the course's
 classifier, SVHN with the project's judge; a PNG round trip is lossless, so the numbers are those
-`p1_ddpm_eval.py` gives for the written files). Cost is given in network forwards per image and in
-units of `bench_p1_sampling.py` (F forwards per image cost F/2 x r units, r = the cost of one of our
-forwards over one of the classic recipe's, read from its JSON when present). Several checkpoints
+`p1_ddpm_eval.py` gives for the written files). Cost is given in GFLOP per image and in units of
+`bench_p1_sampling.py`: units by FLOPs (GFLOP over the unit's 2 x 2.75) times the measured units per
+FLOP unit of the default's fp32 run, read from its JSON when present. Several checkpoints
 (`--ckpt A B ...`) give accuracy against training time. Prints a table, writes JSON.
 """
 import argparse
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.bench_p1_sampling import UNIT_FORWARDS, gflop_per_image
+from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_per_image
 from models.context_unet import load_p1_model
 from p1_ddpm_eval import load_judge, score
 from p1_ddpm_sample import DEFAULTS, Settings, sample
@@ -62,13 +64,14 @@ def main(argv=None):
     args = parse_args(argv)
     judges = {"mnistm": load_judge("mnistm", args.mnistm_classifier),
               "svhn": load_judge("svhn", args.svhn_classifier)}
-    ratio = json.loads(args.units_json.read_text())["forward_ratio_fp32"] if args.units_json.is_file() else None
+    units_json = json.loads(args.units_json.read_text()) if args.units_json.is_file() else {}
+    ratio = units_json.get("units_per_flop_unit_fp32")
+    unit_gflop = UNIT_FORWARDS / 1000 * classic_gflop_per_image(ClassicContextUnet(n_feat=128))
     dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     rows = []
     for ckpt in args.ckpt:
         net, config = load_p1_model(ckpt)
         train_step = torch.load(ckpt, map_location="cpu", weights_only=True).get("step")
-        T = config["schedule"]["num_steps"]
         for sampler, steps, spacing, w, iv in itertools.product(args.sampler, args.steps, args.spacing, args.guidance,
                                                                  args.interval):
             settings = Settings(sampler, steps, spacing, w, iv)
@@ -79,26 +82,28 @@ def main(argv=None):
             for s, name in enumerate(config["datasets"]):
                 x = torch.from_numpy(images[s]).reshape(-1, 28, 28, 3).permute(0, 3, 1, 2)
                 scores[name] = score(judges[name], x, torch.arange(10).repeat_interleave(args.per_digit))["accuracy"]
-            forwards = settings.forwards_per_image(T)
+            gflops = gflop_per_image(net, config, settings)
             rows.append({"ckpt": str(ckpt), "train_step": train_step, "sampler": sampler, "steps": steps,
-                         "spacing": spacing, "guidance": w, "interval": iv, "forwards_per_image": forwards,
-                         "units": None if ratio is None else forwards / 2 * ratio,
+                         "spacing": spacing, "guidance": w, "interval": iv, "gflop_per_image": gflops,
+                         "flop_units": gflops / unit_gflop,
+                         "units": None if ratio is None else gflops / unit_gflop * ratio,
                          "mnistm": scores["mnistm"], "svhn": scores["svhn"],
                          "mean": (scores["mnistm"] + scores["svhn"]) / 2,
                          "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
             r = rows[-1]
-            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} F={forwards:2d} "
+            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} {gflops:5.1f} GFLOP "
                   f"units={r['units'] if ratio is None else round(r['units'], 2)!s:5s} "
                   f"MNIST-M {r['mnistm']:.3f} SVHN* {r['svhn']:.3f}  {r['seconds_per_1000']:.0f} s/1000", flush=True)
     print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row, seed {args.seed}")
-    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'F':>3s} {'units':>5s} "
+    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'GFLOP':>5s} {'units':>5s} "
           f"{'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000':>7s}")
     for r in rows:
         units = "" if r["units"] is None else f"{r['units']:.2f}"
         print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
-              f"{r['forwards_per_image']:3d} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
+              f"{r['gflop_per_image']:5.1f} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
               f"{r['seconds_per_1000']:7.0f}")
-    print("F = network forwards per image; * SVHN here is the synthetic stand-in of ../shared, judged by the "
+    print("GFLOP per image; units estimated from them (see the docstring); "
+          "* SVHN here is the synthetic stand-in of ../shared, judged by the "
           "project's classifier")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"per_digit": args.per_digit, "seed": args.seed, "dtype": args.dtype,

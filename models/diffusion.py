@@ -255,43 +255,47 @@ SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sampl
 class ClassifierFreeGuidance:
     """Wraps a conditional network into a denoiser `eps(x, t)` with classifier-free guidance.
 
-    eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)  (Ho & Salimans 2022, eq. 6), computed by
-    doubling each chunk of the batch. `cond` and `null` are tensors (or tuples of tensors)
-    of per-image conditioning, passed to `net(x, t, *cond)`; `chunk` bounds memory.
-    `interval=(lo, hi)` guides only where lo <= t <= hi (a guidance interval, Kynkaanniemi et al.
-    2024); elsewhere eps = eps(x, t, c), one forward per image instead of two.
+    eps = (1 + w) * eps(x, t, c) - w * eps(x, t, null)  (Ho & Salimans 2022, eq. 6). `cond` and `null`
+    are tensors (or tuples of tensors) of per-image conditioning, passed to `net(x, t, *cond)`;
+    `chunk` bounds memory. A network whose condition enters late may split its forward into
+    `encode(x, t)` (what the condition does not reach) and `decode(features, *cond)`: the two passes
+    then share one `encode`, else each chunk of the batch is doubled. `interval=(lo, hi)` guides only
+    where lo <= t <= hi (a guidance interval, Kynkaanniemi et al. 2024); elsewhere eps = eps(x, t, c),
+    one pass instead of two. The network runs under autocast in `dtype`; eps is returned in float32.
     """
 
-    def __init__(self, net, cond, null, w: float, chunk: int = 512, interval: tuple[int, int] | None = None):
+    def __init__(self, net, cond, null, w: float, chunk: int = 512, interval: tuple[int, int] | None = None,
+                 dtype: torch.dtype = torch.float32):
         if interval is not None and not 0 <= interval[0] <= interval[1]:
             raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
-        self.net, self.w, self.chunk, self.interval = net, w, chunk, interval
+        self.net, self.w, self.chunk, self.interval, self.dtype = net, w, chunk, interval, dtype
         self.cond = cond if isinstance(cond, tuple) else (cond,)
         self.null = null if isinstance(null, tuple) else (null,)
+
+    def _chunk(self, x, t, cond, null, guided) -> torch.Tensor:
+        """(1 + w) eps(x, t, cond) - w eps(x, t, null) where `guided`, eps(x, t, cond) elsewhere."""
+        if not guided.any():
+            return self.net(x, t, *cond).float()
+        idx = guided.nonzero().flatten()  # the images that also get the null pass
+        both = [torch.cat([c, n[idx]]) for c, n in zip(cond, null)]
+        if hasattr(self.net, "encode"):  # one encode serves both passes
+            features = self.net.encode(x, t)
+            eps = self.net.decode(tuple(torch.cat([f, f[idx]]) for f in features), *both).float()
+        else:
+            eps = self.net(torch.cat([x, x[idx]]), torch.cat([t, t[idx]]), *both).float()
+        eps_c, eps_u = eps[:len(x)], eps[len(x):]
+        eps_c[idx] = (1 + self.w) * eps_c[idx] - self.w * eps_u
+        return eps_c
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = []
         for s in range(0, x.shape[0], self.chunk):
             sl = slice(s, s + self.chunk)
-            xs, ts = x[sl], t[sl]
-            cond = [c[sl] for c in self.cond]
-            guided = torch.full_like(ts, self.w != 0, dtype=torch.bool)
+            guided = torch.full_like(t[sl], self.w != 0, dtype=torch.bool)
             if self.interval is not None:
-                guided &= (ts >= self.interval[0]) & (ts <= self.interval[1])
-            if not guided.any():
-                out.append(self.net(xs, ts, *cond))
-                continue
-            null = [c[sl] for c in self.null]
-            if guided.all():
-                both = self.net(torch.cat([xs, xs]), torch.cat([ts, ts]),
-                                *[torch.cat([c, n]) for c, n in zip(cond, null)])
-                eps_c, eps_u = both.chunk(2)
-                out.append((1 + self.w) * eps_c - self.w * eps_u)
-            else:  # a chunk that straddles the interval: the null forward only where guided
-                eps = self.net(xs, ts, *cond)
-                eps_u = self.net(xs[guided], ts[guided], *[n[guided] for n in null])
-                eps[guided] = (1 + self.w) * eps[guided] - self.w * eps_u
-                out.append(eps)
+                guided &= (t[sl] >= self.interval[0]) & (t[sl] <= self.interval[1])
+            with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                out.append(self._chunk(x[sl], t[sl], [c[sl] for c in self.cond], [n[sl] for n in self.null], guided))
         return torch.cat(out)
 
 

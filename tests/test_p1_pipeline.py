@@ -98,7 +98,7 @@ def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path, monkeypatch):
     p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--grid", "--quiet"])
     assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "svhn"]
     images = returned[0]
-    title = "{}: rows digits 0-9, columns samples 1-10 (unipc, 2 steps, w=4.0)"
+    title = "{}: rows digits 0-9, columns samples 1-10 (unipc, 2 steps, w=3.0)"
     for s, name in enumerate(("mnistm", "svhn")):
         files = _read(out / name)
         assert list(files) == sorted(f"{d}_{k:03d}.png" for d in range(10) for k in range(1, 51))

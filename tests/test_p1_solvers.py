@@ -3,6 +3,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
+from models.context_unet import ContextUnet
 from models.diffusion import (
     ClassifierFreeGuidance,
     alphas_cumprod,
@@ -138,3 +139,27 @@ def test_guidance_interval_guides_only_inside_and_saves_the_forward_outside():
     assert torch.allclose(model(x, ts), expected)
     with pytest.raises(ValueError):
         ClassifierFreeGuidance(net, (digit, dset), null, w=2.0, interval=(300, 100))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_guidance_shares_the_encoder_of_a_context_unet(chunk):
+    """ContextUnet's condition enters after its down path: a guided step runs `encode` once per image, not
+    twice, and gives the eps of two full forwards; also in a batch that straddles a guidance interval."""
+    torch.manual_seed(0)
+    net = ContextUnet(n_feat=16).eval()
+    for p in net.parameters():  # a random network whose output depends on the condition
+        p.data.normal_(0, 0.2)
+    encoded = []
+    net.init_conv.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0].shape[0]))
+    x, ts = torch.randn(5, 3, 28, 28), torch.tensor([50, 150, 250, 350, 450])
+    digit, dset = torch.tensor([0, 3, 5, 7, 9]), torch.tensor([0, 1, 0, 1, 0])
+    null = (torch.full((5,), net.null_digit), torch.full((5,), net.null_dataset))
+    with torch.no_grad():
+        cond, uncond = net(x, ts, digit, dset), net(x, ts, *null)
+        for interval, guided in ((None, torch.ones(5, dtype=torch.bool)), ((100, 300), (ts >= 100) & (ts <= 300))):
+            encoded.clear()
+            out = ClassifierFreeGuidance(net, (digit, dset), null, w=2.0, chunk=chunk, interval=interval)(x, ts)
+            expected = torch.where(guided.view(-1, 1, 1, 1), 3.0 * cond - 2.0 * uncond, cond)
+            assert torch.allclose(out, expected, atol=1e-5), interval
+            assert (cond - uncond).abs().max() > 0.1  # the condition matters, so the check above means something
+            assert sum(encoded) == 5  # each image once: without the shared encoder, 5 + guided.sum()

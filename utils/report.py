@@ -266,8 +266,8 @@ def training_section(r: Report, run_dir: Path) -> None:
     if acc is None or not acc["rows"]:
         r.missing(f"`{r.shown(acc_json)}` is missing: no kept checkpoints were scored.",
                   f"python p1_ddpm_train.py ... --out-dir {r.shown(run_dir)} --keep-every 1000\n"
-                  f"python benchmarks/bench_p1_quality.py --ckpt {r.shown(run_dir)}/model_*.pt --guidance 4 "
-                  f"--steps 10 --out {r.shown(acc_json)}")
+                  f"python benchmarks/bench_p1_quality.py --ckpt {r.shown(run_dir)}/model_*.pt "
+                  f"--out {r.shown(acc_json)}")
         return
     rows = sorted(acc["rows"], key=lambda row: row["train_step"])
     png = plot_accuracy(rows, r.files / "p1_accuracy_vs_step.png", "P1 accuracy against training step")
