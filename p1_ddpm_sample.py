@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--spacing", choices=sorted(SPACINGS), default=DEFAULTS.spacing,
                    help="timestep grid: leading = 400, 300, ..., 0 (the DDIM paper's), trailing = 499, 399, ..., 99 "
                         "(for T = 500 and 5 steps)")
-    p.add_argument("--eta", type=probability, default=DEFAULTS.eta, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--eta", type=probability, default=DEFAULTS.eta, help="DDIM eta (0 deterministic, 1 DDPM-like); --sampler ddim only")
     p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit per data set")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                    help="images per network call (doubled by guidance); small batches stay in the CPU cache")
@@ -92,6 +92,8 @@ def parse_args(argv=None):
                         "120, 40, 1 (scaled to T) of the ancestral DDPM sampler over all T steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.eta != 0 and args.sampler != "ddim":
+        p.error(f"argument --eta: applies to --sampler ddim only (got --sampler {args.sampler})")
     if args.guidance_interval is not None:
         if args.guidance_interval[0] > args.guidance_interval[1]:
             p.error(f"argument --guidance-interval: LO {args.guidance_interval[0]} > HI {args.guidance_interval[1]}")

@@ -209,7 +209,7 @@ def _train(args, accelerator, dtype) -> Path:
                              "optimizer": opt.state_dict(), "step": step, "generators": gens}, args.out_dir / "last.pt")
             save_sampling(args.out_dir / "model.pt")
 
-    log, meter = TrainLog(args.out_dir / "train_log.jsonl", main_process), LossMeter(accelerator)
+    log, meter = TrainLog(args.out_dir / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
     T = config["schedule"]["num_steps"]
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     start_step, start = step, time.time()

@@ -229,6 +229,8 @@ def train(args):
     from accelerate import Accelerator  # imported here: only training needs it
     from accelerate.utils import gather_object
 
+    from utils.training import TrainLog
+
     n = len(args.concept_dirs)
     check_tokens(args.tokens)
     if not (len(args.tokens) == len(args.class_words) == n):
@@ -296,9 +298,7 @@ def train(args):
         step = state["step"]
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-    if main and log_path.exists():  # drop lines logged after the saved state (all of them for a fresh start)
-        lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        log_path.write_text("".join(line + "\n" for line in lines))
+    log = TrainLog(log_path, main, resumed_at=step)  # drops the lines logged after the saved state
     if main and state is not None:
         print(f"resuming from {last} at step {step}")
     unet_p, text_encoder_p, optimizer_p = accelerator.prepare(unet, text_encoder, optimizer)
@@ -339,9 +339,8 @@ def train(args):
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if main and step % args.log_every == 0:
-            with log_path.open("a") as log:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr}) + "\n")
+        if step % args.log_every == 0:
+            log.write(step, loss.item(), lr)
         if step % args.save_every == 0:
             save()
     bar.close()

@@ -272,7 +272,7 @@ def _train(args, accelerator, dtype) -> TrainResult:
     if main_process:
         print(f"{args.token} ({args.num_vectors} vector(s), from '{args.initializer}'): {len(data)} images, "
               f"{dtype}, batch {args.batch_size} x {accelerator.num_processes} process(es), steps {step}->{args.steps}")
-    log, meter = TrainLog(run / "train_log.jsonl", main_process), LossMeter(accelerator)
+    log, meter = TrainLog(run / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
     bar = tqdm(total=args.steps, initial=step, desc=f"train {args.token}", disable=args.quiet or not main_process,
                dynamic_ncols=True)
     start, start_step = time.time(), step

@@ -45,8 +45,14 @@ def test_training_writes_a_checkpoint_with_its_config(tiny_ckpt):
 
 
 def test_resume_continues_exactly(digits, tiny_ckpt, tmp_path):
-    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "2", *TINY])
-    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "4", "--resume", *TINY])
+    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "2", "--log-every", "1", *TINY])
+    log = tmp_path / "train_log.jsonl"
+    with log.open("a") as f:  # a run that logged step 3 and died before its next checkpoint
+        f.write(json.dumps({"step": 3, "loss": 9.0, "lr": 0.0}) + "\n")
+    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path), "--steps", "4", "--resume",
+                        "--log-every", "1", *TINY])
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and logged[2]["loss"] != 9.0  # each step once, step 3 redone
     resumed = torch.load(tmp_path / "last.pt", weights_only=True)
     straight = torch.load(tiny_ckpt.parent / "last.pt", weights_only=True)
     assert resumed["step"] == 4
@@ -201,6 +207,7 @@ def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monk
     (["--guidance", "nan"], "argument --guidance: 'nan' is not a finite number"),
     (["--guidance", "-1"], "argument --guidance: -1 is out of range"),
     (["--guidance-interval", "300", "100"], "argument --guidance-interval: LO 300 > HI 100"),
+    (["--eta", "0.5"], "argument --eta: applies to --sampler ddim only \\(got --sampler unipc\\)"),
     (["--eta", "2"], "argument --eta: 2 is out of range"),
     (["--seed", "-1"], "argument --seed: -1 is out of range"),
     (["--sampler", "euler"], "argument --sampler: invalid choice"),

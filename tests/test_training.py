@@ -167,3 +167,15 @@ def test_svhn_judge_refuses_a_batch_larger_than_the_data(shared, tmp_path, cli_e
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         p1_svhn_classifier_train.parse_args(["--help"])
     assert out.getvalue().count("(default:") == 10  # all ten flags have a help text (argparse adds the default)
+
+
+def test_training_log_drops_the_steps_a_resumed_run_logs_again(tmp_path):
+    from utils.training import TrainLog
+    path = tmp_path / "train_log.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0, "lr": 0.1}) + "\n" for s in (1, 2, 3, 4)) + "oops\n")
+    TrainLog(path, enabled=False, resumed_at=2)  # not the main process: leaves the file alone
+    assert len(path.read_text().splitlines()) == 5
+    TrainLog(path, enabled=True, resumed_at=2).write(3, 0.5, 0.1)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines if line != "oops"] == [1, 2, 3] and "oops" in lines
+    assert json.loads(lines[-1])["loss"] == 0.5 and not (tmp_path / "train_log.jsonl.partial").exists()

@@ -8,6 +8,7 @@ across processes, so the global batch is `--batch-size` x N. Only the main proce
 checkpoints, the log and the progress bar. docs/training.md has the details.
 """
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -102,10 +103,22 @@ def resume_note(saved: dict | None, accelerator: Accelerator, batch_size: int) -
 class TrainLog:
     """OUT/train_log.jsonl: one line per logged step, {"step", "loss", "lr", "time"}, appended (main process
     only). loss = the mean training loss over the steps since the previous line and over all processes;
-    lr = the learning rate of the logged step; time = seconds since this invocation started."""
+    lr = the learning rate of the logged step; time = seconds since this invocation started.
 
-    def __init__(self, path: Path, enabled: bool):
+    A run that starts at step `resumed_at` (0 for a fresh one) first drops the lines of later steps: they were
+    logged after the checkpoint it resumes from (a crash, an interruption) and are about to be logged again,
+    so every step appears once.
+    """
+
+    def __init__(self, path: Path, enabled: bool, resumed_at: int = 0):
         self.path, self.enabled, self.start = Path(path), enabled, time.time()
+        if enabled and self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if _logged_step(line) <= resumed_at]
+            if len(kept) < len(lines):
+                partial = self.path.with_name(self.path.name + ".partial")
+                partial.write_text("".join(kept), encoding="utf-8")
+                os.replace(partial, self.path)
 
     def write(self, step: int, loss: float, lr: float) -> None:
         if not self.enabled:
@@ -114,6 +127,14 @@ class TrainLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": int(step), "loss": float(loss), "lr": float(lr),
                                 "time": round(time.time() - self.start, 3)}) + "\n")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line that is not a step's record is kept (-inf): the report names it."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, TypeError, KeyError):
+        return -math.inf
 
 
 class LossMeter:
