@@ -167,7 +167,7 @@ def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatc
             x0 = pad + j * (size + pad)
             tile = fig[top + pad:top + pad + size, x0:x0 + size][::4, ::4]
             assert np.array_equal(tile, reverse.tiles[s, j]), (name, j)
-    again = p1_ddpm_sample.reverse_process(net, config, settings, seed=0)  # same seed, same figure
+    again = p1_ddpm_sample.reverse_process(recorder, config, settings, seed=0)  # same seed, same figure
     assert np.array_equal(again.tiles, reverse.tiles)
 
 
