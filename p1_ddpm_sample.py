@@ -78,10 +78,12 @@ def parse_args(argv=None):
     p.add_argument("--spacing", choices=sorted(SPACINGS), default=DEFAULTS.spacing,
                    help="timestep grid: leading = 400, 300, ..., 0 (the DDIM paper's), trailing = 499, 399, ..., 99 "
                         "(for T = 500 and 5 steps)")
-    p.add_argument("--eta", type=probability, default=DEFAULTS.eta, help="DDIM eta (0 deterministic, 1 DDPM-like); --sampler ddim only")
+    p.add_argument("--eta", type=probability, default=DEFAULTS.eta,
+                   help="DDIM eta (0 deterministic, 1 DDPM-like); --sampler ddim only")
     p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit per data set")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
-                   help="images per network call (doubled by guidance); small batches stay in the CPU cache")
+                   help="images per network call (guidance doubles the decoder's batch); small batches stay in the "
+                        "CPU cache")
     add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16, fp32 otherwise", bf16_alias=True)
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the one CPU generator behind all sampling noise")
