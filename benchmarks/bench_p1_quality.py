@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--interval", type=interval, nargs="+", default=[DEFAULTS.guidance_interval],
                    help="guidance intervals: 'all' or LO:HI in 0-indexed timesteps")
     p.add_argument("--per-digit", type=int, default=10, help="images per digit per data set (50 = the graded 1,000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="sampling seeds (one row per seed)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="precision of the network")
     p.add_argument("--mnistm-classifier", type=Path, default=Path(os.environ.get("HW2_SHARED", ROOT.parent / "shared")) / "grader" / "Classifier.pth",
                    help="the course's MNIST-M classifier (default: in $HW2_SHARED or ../shared)")
@@ -72,11 +72,11 @@ def main(argv=None):
     for ckpt in args.ckpt:
         net, config = load_p1_model(ckpt)
         train_step = torch.load(ckpt, map_location="cpu", weights_only=True).get("step")
-        for sampler, steps, spacing, w, iv in itertools.product(args.sampler, args.steps, args.spacing, args.guidance,
-                                                                 args.interval):
+        for sampler, steps, spacing, w, iv, seed in itertools.product(args.sampler, args.steps, args.spacing,
+                                                                       args.guidance, args.interval, args.seed):
             settings = Settings(sampler, steps, spacing, w, iv)
             start = time.perf_counter()
-            images = sample(net, config, settings, per_digit=args.per_digit, seed=args.seed, dtype=dtype)
+            images = sample(net, config, settings, per_digit=args.per_digit, seed=seed, dtype=dtype)
             seconds = time.perf_counter() - start
             scores = {}
             for s, name in enumerate(config["datasets"]):
@@ -84,29 +84,29 @@ def main(argv=None):
                 scores[name] = score(judges[name], x, torch.arange(10).repeat_interleave(args.per_digit))["accuracy"]
             gflops = gflop_per_image(net, config, settings)
             rows.append({"ckpt": str(ckpt), "train_step": train_step, "sampler": sampler, "steps": steps,
-                         "spacing": spacing, "guidance": w, "interval": iv, "gflop_per_image": gflops,
+                         "spacing": spacing, "guidance": w, "interval": iv, "seed": seed, "gflop_per_image": gflops,
                          "flop_units": gflops / unit_gflop,
                          "units": None if ratio is None else gflops / unit_gflop * ratio,
                          "mnistm": scores["mnistm"], "svhn": scores["svhn"],
                          "mean": (scores["mnistm"] + scores["svhn"]) / 2,
                          "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
             r = rows[-1]
-            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} {gflops:5.1f} GFLOP "
+            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} seed {seed} {gflops:5.1f} GFLOP "
                   f"units={r['units'] if ratio is None else round(r['units'], 2)!s:5s} "
                   f"MNIST-M {r['mnistm']:.3f} SVHN* {r['svhn']:.3f}  {r['seconds_per_1000']:.0f} s/1000", flush=True)
-    print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row, seed {args.seed}")
-    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'GFLOP':>5s} {'units':>5s} "
+    print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row")
+    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'seed':>4s} {'GFLOP':>5s} {'units':>5s} "
           f"{'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000':>7s}")
     for r in rows:
         units = "" if r["units"] is None else f"{r['units']:.2f}"
         print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
-              f"{r['gflop_per_image']:5.1f} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
+              f"{r['seed']:4d} {r['gflop_per_image']:5.1f} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
               f"{r['seconds_per_1000']:7.0f}")
     print("GFLOP per image; units estimated from them (see the docstring); "
           "* SVHN here is the synthetic stand-in of ../shared, judged by the "
           "project's classifier")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"per_digit": args.per_digit, "seed": args.seed, "dtype": args.dtype,
+    args.out.write_text(json.dumps({"per_digit": args.per_digit, "seeds": args.seed, "dtype": args.dtype,
                                     "cpu": cpu_capability(), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
     return rows
