@@ -222,10 +222,12 @@ def p1_section(r: Report, run_dir: Path | None) -> None:
     r.add("### Samples: 10 per digit", "")
     r.figures([(p1 / f"grid_{name}.png", (f"{label}: rows digits 0-9, columns the first 10 samples of each digit; "
                                          f"{made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
-    r.add("### Reverse process of the first \"0\"", "")
+    r.add("### Reverse process of a \"0\"", "")
+    reverse_made = r.settings("p1", ("ckpt", "guidance", "seed"))
     r.figures([(p1 / f"reverse_process_{name}.png",
-                (f"{label}: the first generated \"0\" at t = {REVERSE_T} (each column labelled with its t, scaled "
-                f"to the model's T); {made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
+                (f"{label}: a \"0\" through the ancestral DDPM sampler over all T steps (whatever sampler made the "
+                 f"graded images), at t = {REVERSE_T} (each column labelled with its t, scaled to the model's T); "
+                 f"{reverse_made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
 
     r.add("### Accuracy of the graded images", "")
     scores = read_json(p1 / "eval.json", required=("mean",))
