@@ -8,7 +8,6 @@ A rerun replaces the earlier output whole: the images are written into temporary
 replace mnistm/ and svhn/ only once every image is written.
 """
 import argparse
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,15 @@ from models.diffusion import (
     spaced_timesteps,
     trailing_timesteps,
 )
-from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_int, probability, staged_dir
+from utils.cli import (
+    check_writable_dir,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+    staged_dir,
+    staged_file,
+)
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
 from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
@@ -160,12 +167,6 @@ def reverse_process(net, config: dict, settings: Settings = DEFAULTS, *, seed: i
     return ReverseProcess(points, np.stack([to_uint8(states[p]) for p in points], axis=1))
 
 
-def _save_atomic(figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    figure.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def write_outputs(out_dir: Path, datasets: list[str], images: np.ndarray, *, grid_caption: str | None = None,
                   reverse: ReverseProcess | None = None) -> None:
     """OUT_DIR/{dataset}/{digit}_{k:03d}.png, each data set folder replaced whole once every image is
@@ -192,7 +193,8 @@ def write_outputs(out_dir: Path, datasets: list[str], images: np.ndarray, *, gri
             for old in (f"grid_{name}.png", f"reverse_process_{name}.png"):
                 (out_dir / old).unlink(missing_ok=True)
     for file, figure in figures.items():
-        _save_atomic(figure, out_dir / file)
+        with staged_file(out_dir / file) as tmp:
+            figure.save(tmp, format="PNG")
 
 
 @cli(PROG)

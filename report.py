@@ -7,11 +7,9 @@ Training curves (loss and learning rate against step, accuracy against step) whe
 is given. Curves and thumbnails go to OUTPUTS_DIR/report_files/ (replaced whole). See docs/report.md.
 """
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
-from utils.cli import check_writable_dir, staged_dir
+from utils.cli import check_writable_dir, staged_dir, staged_file
 from utils.errors import UserError, cli
 from utils.report import FILES, build
 
@@ -38,9 +36,8 @@ def main(argv=None):
     with staged_dir(args.out_dir / FILES) as files:
         text = build(args.out_dir, files, run_dir=args.run_dir, ti_run_dir=args.ti_run_dir)
     report = args.out_dir / "report.md"
-    with tempfile.NamedTemporaryFile("w", dir=args.out_dir, suffix=".md", delete=False, encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, report)
+    with staged_file(report) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     print(f"report: {report}")
     return report
 

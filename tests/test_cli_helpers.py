@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from utils.cli import check_writable_dir, finite_float, positive_int, probability, staged_dir
+from utils.cli import check_writable_dir, finite_float, positive_int, probability, staged_dir, staged_file
 from utils.errors import UserError
 
 
@@ -43,3 +43,17 @@ def test_staged_dir_replaces_whole_or_not_at_all(tmp_path):
         (tmp / "new.png").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in final.iterdir()] == ["new.png"]
+
+
+def test_staged_file_replaces_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "report.md"
+    final.write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_file(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert final.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+    with staged_file(final) as tmp:
+        tmp.write_text("new")
+        assert final.read_text() == "old"  # replaced only when the block ends
+    assert final.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.md"]

@@ -74,6 +74,21 @@ def staged_dir(final: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def staged_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary file path beside `final`; when the block succeeds the file replaces `final`
+    (one rename), when it fails it is deleted and `final` is left as it was: never half written."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")  # not mkstemp: that would make it 0600
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
 def missing_paths(inputs: dict[str, Path | None]) -> list[str]:
     """'what: path' for every given input path that does not exist (None entries are not asked for)."""
     return [f"{what}: {path}" for what, path in inputs.items() if path is not None and not Path(path).exists()]

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 
+from utils.cli import staged_file
 from utils.errors import UserError
 from utils.runtime import pick_device, resolve_dtype
 
@@ -116,9 +117,8 @@ class TrainLog:
             lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = [line for line in lines if _logged_step(line) <= resumed_at]
             if len(kept) < len(lines):
-                partial = self.path.with_name(self.path.name + ".partial")
-                partial.write_text("".join(kept), encoding="utf-8")
-                os.replace(partial, self.path)
+                with staged_file(self.path) as tmp:
+                    tmp.write_text("".join(kept), encoding="utf-8")
 
     def write(self, step: int, loss: float, lr: float) -> None:
         if not self.enabled:
