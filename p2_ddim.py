@@ -25,6 +25,16 @@ from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_every
 PROG = "p2_ddim.py"
 
 
+def ddim_steps(text: str) -> int:
+    """Argument type of --steps: a positive integer that divides 1000 (the course's grid needs it)."""
+    steps = positive_int(text)
+    try:
+        course_timesteps(steps)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return steps
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("noise_dir", type=Path, help="folder of noise files NN.pt, each (1, 3, H, W), H, W multiples of 32")
@@ -39,7 +49,7 @@ def parse_args(argv=None):
                         "alphas_cumprod[0]); paper = the DDIM paper's (980, ..., 0, no clamping, last step to 1)")
     p.add_argument("--eta", type=nonnegative_float, default=0.0,
                    help="DDIM eta (eq. 16): 0 deterministic, 1 DDPM-like")
-    p.add_argument("--steps", type=positive_int, default=50,
+    p.add_argument("--steps", type=ddim_steps, default=50,
                    help="DDIM steps on range(0, 1000, 1000 // steps) (+1 for ldm); must divide 1000")
     p.add_argument("--batch-size", type=positive_int, default=10, help="images sampled together")
     p.add_argument("--eta-sweep", action="store_true",
@@ -55,12 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--skip-missing", action="store_true",
                    help="if NOISE_DIR, UNET_PATH or --gt-dir is missing, say which and exit 0 (for run_all.sh)")
-    args = p.parse_args(argv)
-    try:
-        course_timesteps(args.steps)
-    except ValueError as e:
-        p.error(f"--steps: {e}")
-    return args
+    return p.parse_args(argv)
 
 
 def save_figure(images, row_labels, col_labels, title, path: Path) -> None:

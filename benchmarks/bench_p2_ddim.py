@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
-from models.face_ddim import NUM_TRAIN_STEPS, course_timesteps, sample_faces
+from models.face_ddim import NUM_TRAIN_STEPS, sample_faces
 from models.face_unet import FaceUNet, load_face_unet
+from p2_ddim import ddim_steps
 from utils.face_io import load_noises, minmax_uint8, mse_255
 from utils.runtime import (
     DTYPES,
@@ -33,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--unet", type=Path, default=None, help="the course's UNet.pt; random weights if not given")
     p.add_argument("--noise-dir", type=Path, default=None, help="noise files NN.pt to use; random noise if not given")
     p.add_argument("--size", type=int, default=256, help="CPU: image height and width (multiple of 32)")
-    p.add_argument("--steps", type=int, default=2,
+    p.add_argument("--steps", type=ddim_steps, default=2,
                    help="CPU: DDIM steps timed, a divisor of 1000 (the time is scaled to 50 steps)")
     p.add_argument("--repeats", type=int, default=2, help="CPU: timed runs of each loop, alternating; the best counts")
     p.add_argument("--num-images", type=int, default=1, help="CPU: images sampled in one batch")
@@ -44,12 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU part even where CUDA is available")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/p2_ddim.json"), help="where the JSON goes")
-    args = p.parse_args(argv)
-    try:
-        course_timesteps(args.steps)
-    except ValueError as e:
-        p.error(f"--steps: {e}")
-    return args
+    return p.parse_args(argv)
 
 
 @torch.no_grad()
