@@ -52,7 +52,15 @@ def parse_args(argv=None):
                         "processes (accelerate launch --num_processes N)")
     p.add_argument("--lr", type=positive_float, default=4e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=nonnegative_int, default=200, help="linear warm-up steps, then cosine decay to 10%%")
-    p.add_argument("--n-feat", type=positive_int, default=128, help="UNet width (ContextUnet n_feat)")
+    p.add_argument("--arch", choices=("context_unet", "channel_mult_unet"), default="context_unet",
+                   help="the network: context_unet (the shipped checkpoint's: ContextUnet, n_feat channels at 28x28 "
+                        "and 14x14, 2 n_feat at 7x7) or channel_mult_unet (n_feat x --channel-mult channels at 28, "
+                        "14 and 7, attention at 7x7: about 0.57x the FLOPs of a guided step at the defaults)")
+    p.add_argument("--n-feat", type=positive_int, default=None,
+                   help="network width: n_feat of the ContextUnet, or the channels at 28x28 of the channel_mult_unet "
+                        "(None: 128 and 64 respectively)")
+    p.add_argument("--channel-mult", type=channel_mult, default="1,2,4",
+                   help="channel_mult_unet only: multipliers of --n-feat at 28x28, 14x14 and 7x7, comma-separated")
     p.add_argument("--num-timesteps", type=positive_int, default=500, help="diffusion steps T (linear betas)")
     p.add_argument("--beta-start", type=positive_float, default=1e-4, help="first beta of the linear schedule")
     p.add_argument("--beta-end", type=positive_float, default=2e-2, help="last beta of the linear schedule (< 1)")
@@ -84,9 +92,22 @@ def parse_args(argv=None):
     add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: about 2x faster there), "
                            "fp32 otherwise", bf16_alias=True)
     args = p.parse_args(argv)
+    if args.n_feat is None:
+        args.n_feat = 128 if args.arch == "context_unet" else 64
     if not args.beta_start <= args.beta_end < 1:
         p.error(f"--beta-start {args.beta_start} and --beta-end {args.beta_end}: need beta-start <= beta-end < 1")
     return args
+
+
+def channel_mult(text: str) -> tuple[int, ...]:
+    """--channel-mult '1,2,4': three positive integers, one per level (28x28, 14x14, 7x7)."""
+    try:
+        mult = tuple(int(m) for m in text.split(","))
+    except ValueError:
+        mult = ()
+    if len(mult) != 3 or min(mult) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need three positive integers, e.g. 1,2,4")
+    return mult
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -150,7 +171,10 @@ def _train(args, accelerator, dtype) -> Path:
     seed_everything(args.seed)  # the network's initialisation: the same in every process
     device = accelerator.device
     last = check_out_dir(args.out_dir, args.resume)
-    config = {"model": {"in_channels": 3, "n_feat": args.n_feat, "num_digits": 10, "num_datasets": len(DATASETS)},
+    model = {"in_channels": 3, "n_feat": args.n_feat, "num_digits": 10, "num_datasets": len(DATASETS)}
+    if args.arch == "channel_mult_unet":
+        model = {"arch": args.arch, **model, "channel_mult": list(args.channel_mult)}
+    config = {"model": model,
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}
     state = init = None

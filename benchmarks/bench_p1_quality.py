@@ -60,6 +60,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _label(ckpt: Path) -> str:
+    """The checkpoint in a table row: its folder and name (runs/p1/model_001500.pt -> p1/model_001500.pt)."""
+    return f"{ckpt.parent.name}/{ckpt.name}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     judges = {"mnistm": load_judge("mnistm", args.mnistm_classifier),
@@ -91,15 +96,16 @@ def main(argv=None):
                          "mean": (scores["mnistm"] + scores["svhn"]) / 2,
                          "seconds_per_1000": seconds * 1000 / (20 * args.per_digit)})
             r = rows[-1]
-            print(f"{sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} seed {seed} {gflops:5.1f} GFLOP "
+            print(f"{_label(ckpt)} {sampler:9s} {steps:3d} {spacing:8s} {w:4.1f} {iv!s:12s} seed {seed} {gflops:5.1f} GFLOP "
                   f"units={r['units'] if ratio is None else round(r['units'], 2)!s:5s} "
                   f"MNIST-M {r['mnistm']:.3f} SVHN* {r['svhn']:.3f}  {r['seconds_per_1000']:.0f} s/1000", flush=True)
     print(f"\n{cpu_capability()}, {args.dtype}, {20 * args.per_digit} images per row")
-    print(f"{'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'seed':>4s} {'GFLOP':>5s} {'units':>5s} "
+    width = max(len(_label(c)) for c in args.ckpt)
+    print(f"{'checkpoint':{width}s} {'sampler':9s} {'steps':>5s} {'spacing':>8s} {'w':>4s} {'interval':>12s} {'seed':>4s} {'GFLOP':>5s} {'units':>5s} "
           f"{'MNIST-M':>8s} {'SVHN*':>6s} {'mean':>6s} {'s/1000':>7s}")
     for r in rows:
         units = "" if r["units"] is None else f"{r['units']:.2f}"
-        print(f"{r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
+        print(f"{_label(Path(r['ckpt'])):{width}s} {r['sampler']:9s} {r['steps']:5d} {r['spacing']:>8s} {r['guidance']:4.1f} {r['interval']!s:>12s} "
               f"{r['seed']:4d} {r['gflop_per_image']:5.1f} {units:>5s} {r['mnistm']:8.3f} {r['svhn']:6.3f} {r['mean']:6.3f} "
               f"{r['seconds_per_1000']:7.0f}")
     print("GFLOP per image; units estimated from them (see the docstring); "

@@ -101,11 +101,20 @@ class ContextUnet(nn.Module):
         return self.decode(self.encode(x, t), digit, dataset)
 
 
-def build_from_config(config: dict) -> ContextUnet:
-    return ContextUnet(**config["model"])
+def build_from_config(config: dict) -> nn.Module:
+    """The P1 network a checkpoint's `config["model"]` describes: `arch` (default "context_unet", the
+    shipped checkpoint's) picks the class, the other keys are its arguments."""
+    from models.channel_mult_unet import ChannelMultUnet  # here: that module imports this one
+
+    model = dict(config["model"])
+    arch = model.pop("arch", "context_unet")
+    archs = {"context_unet": ContextUnet, "channel_mult_unet": ChannelMultUnet}
+    if arch not in archs:
+        raise KeyError(f"arch {arch!r} is none of {sorted(archs)}")
+    return archs[arch](**model)
 
 
-def load_p1_model(path) -> tuple[ContextUnet, dict]:
+def load_p1_model(path) -> tuple[nn.Module, dict]:
     """The network (EMA weights when present) and config of a P1 checkpoint, in eval mode."""
     from utils.checkpoint import load_checkpoint, load_state_dict_strict
     from utils.errors import UserError
@@ -117,7 +126,7 @@ def load_p1_model(path) -> tuple[ContextUnet, dict]:
     config = ckpt["config"]
     try:
         net = build_from_config(config)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path}: config does not describe a ContextUnet ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: config does not describe a P1 network ({e})") from None
     load_state_dict_strict(net, {k: v.float() for k, v in state.items()}, str(path))
     return net.eval(), config

@@ -83,6 +83,22 @@ def test_init_from_starts_at_the_given_weights(digits, tiny_ckpt, tmp_path, cli_
                             "--init-from", str(tmp_path / "missing.pt"), *TINY])
 
 
+def test_channel_mult_unet_trains_and_samples(digits, tmp_path, cli_error):
+    """--arch channel_mult_unet: the checkpoint names its network, each level has n_feat x its multiplier
+    channels, and the sampler takes it as it takes the ContextUnet."""
+    ckpt = p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path / "run"), "--steps", "2",
+                               "--arch", "channel_mult_unet", "--channel-mult", "1,2,3", *TINY])
+    net, config = load_p1_model(ckpt)
+    assert type(net).__name__ == "ChannelMultUnet"
+    assert config["model"]["arch"] == "channel_mult_unet" and config["model"]["channel_mult"] == [1, 2, 3]
+    temb, mid, *levels = net.encode(torch.zeros(2, 3, 28, 28), torch.tensor([0, 49]))
+    assert [tuple(f.shape[1:]) for f in (*levels, mid)] == [(8, 28, 28), (16, 14, 14), (24, 7, 7), (24, 7, 7)]
+    p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(ckpt), "--steps", "2", "--per-digit", "1", "--quiet"])
+    assert sorted(p.name for p in (tmp_path / "out" / "svhn").glob("*.png")) == [f"{d}_001.png" for d in range(10)]
+    with cli_error("--channel-mult: '1,0,4': need three positive integers"):
+        p1_ddpm_train.parse_args(["--channel-mult", "1,0,4"])
+
+
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
     net, config = load_p1_model(tiny_ckpt)
     images = {dtype: p1_ddpm_sample.sample(net, config, Settings(steps=5), per_digit=2, dtype=dtype).astype(float)
@@ -254,6 +270,9 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, cli_error):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(tmp_path / "missing.pt")])
     torch.save({"config": {"model": {"n_feat": 8}}, "ema": {"bogus": torch.zeros(1)}}, bad)
     with cli_error("unexpected keys \\(1\\): bogus"):
+        p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(bad)])
+    torch.save({"config": {"model": {"arch": "vit", "n_feat": 8}}, "ema": {}}, bad)
+    with cli_error("bad.pt: config does not describe a P1 network .*'vit'"):
         p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(bad)])
 
 

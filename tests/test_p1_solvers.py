@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from models.context_unet import ContextUnet
+from models.context_unet import build_from_config
 from models.diffusion import (
     ClassifierFreeGuidance,
     alphas_cumprod,
@@ -142,15 +142,18 @@ def test_guidance_interval_guides_only_inside_and_saves_the_forward_outside():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-def test_guidance_shares_the_encoder_of_a_context_unet(chunk):
-    """ContextUnet's condition enters after its down path: a guided step runs `encode` once per image, not
-    twice, and gives the eps of two full forwards; also in a batch that straddles a guidance interval."""
+@pytest.mark.parametrize("arch", ["context_unet", "channel_mult_unet"])
+def test_guidance_shares_the_encoder(arch, chunk):
+    """In both P1 networks the condition enters after the down path: a guided step runs `encode` once per
+    image, not twice, and gives the eps of two full forwards; also in a batch that straddles a guidance
+    interval."""
     torch.manual_seed(0)
-    net = ContextUnet(n_feat=16).eval()
+    net = build_from_config({"model": {"arch": arch, "n_feat": 16}}).eval()
     for p in net.parameters():  # a random network whose output depends on the condition
         p.data.normal_(0, 0.2)
     encoded = []
-    net.init_conv.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0].shape[0]))
+    first = net.init_conv if arch == "context_unet" else net.conv_in
+    first.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0].shape[0]))
     x, ts = torch.randn(5, 3, 28, 28), torch.tensor([50, 150, 250, 350, 450])
     digit, dset = torch.tensor([0, 3, 5, 7, 9]), torch.tensor([0, 1, 0, 1, 0])
     null = (torch.full((5,), net.null_digit), torch.full((5,), net.null_dataset))
