@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from models.context_unet import build_from_config, load_p1_model
+from models.context_unet import ARCHS, build_from_config, load_p1_model
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import check_writable_dir, nonnegative_int, positive_float, positive_int, probability
@@ -52,7 +52,7 @@ def parse_args(argv=None):
                         "processes (accelerate launch --num_processes N)")
     p.add_argument("--lr", type=positive_float, default=4e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=nonnegative_int, default=200, help="linear warm-up steps, then cosine decay to 10%%")
-    p.add_argument("--arch", choices=("context_unet", "channel_mult_unet"), default="context_unet",
+    p.add_argument("--arch", choices=ARCHS, default="context_unet",
                    help="the network: context_unet (the shipped checkpoint's: ContextUnet, n_feat channels at 28x28 "
                         "and 14x14, 2 n_feat at 7x7) or channel_mult_unet (n_feat x --channel-mult channels at 28, "
                         "14 and 7, attention at 7x7: about 0.57x the FLOPs of a guided step at the defaults)")

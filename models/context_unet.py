@@ -101,6 +101,9 @@ class ContextUnet(nn.Module):
         return self.decode(self.encode(x, t), digit, dataset)
 
 
+ARCHS = ("context_unet", "channel_mult_unet")  # the P1 networks a config may name (`p1_ddpm_train.py --arch`)
+
+
 def build_from_config(config: dict) -> nn.Module:
     """The P1 network a checkpoint's `config["model"]` describes: `arch` (default "context_unet", the
     shipped checkpoint's) picks the class, the other keys are its arguments."""
@@ -108,10 +111,9 @@ def build_from_config(config: dict) -> nn.Module:
 
     model = dict(config["model"])
     arch = model.pop("arch", "context_unet")
-    archs = {"context_unet": ContextUnet, "channel_mult_unet": ChannelMultUnet}
-    if arch not in archs:
-        raise KeyError(f"arch {arch!r} is none of {sorted(archs)}")
-    return archs[arch](**model)
+    if arch not in ARCHS:
+        raise KeyError(f"arch {arch!r} is none of {list(ARCHS)}")
+    return dict(zip(ARCHS, (ContextUnet, ChannelMultUnet)))[arch](**model)
 
 
 def load_p1_model(path) -> tuple[nn.Module, dict]:
