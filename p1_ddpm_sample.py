@@ -208,6 +208,10 @@ def main(argv=None):
     T = config["schedule"]["num_steps"]
     if args.steps > T:
         raise UserError(f"--steps {args.steps}: must be in 1..{T} for this checkpoint")
+    lo, hi = config.get("distillation", {}).get("w_range", (0, float("inf")))
+    if not lo <= args.guidance <= hi:
+        raise UserError(f"--guidance {args.guidance}: outside {lo}..{hi}, the range of w this guidance-distilled "
+                        f"checkpoint was trained for")
     device = pick_device(args.device)
     dtype = resolve_dtype(args.dtype, device, cpu="bf16")
     settings = Settings(args.sampler, args.steps, args.spacing, args.guidance, args.guidance_interval, args.eta,

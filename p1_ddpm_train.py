@@ -6,6 +6,11 @@ batches of --batch-size images, gradients are averaged, so the global batch is -
 Resumable: `--resume` continues from OUT_DIR/last.pt with the same optimizer, EMA, schedule and
 random state. OUT_DIR/model.pt holds the EMA weights and config: all `p1_ddpm_sample.py` needs.
 OUT_DIR/train_log.jsonl gets one line per logged step. docs/training.md has the details.
+
+`--distill-guidance TEACHER` trains a guidance-distilled student instead (Meng et al. 2023, stage one):
+the teacher's network plus an input for the guidance weight w, started from the teacher's weights and
+trained to give, in one forward, the teacher's guided eps for any w in --w-range; sampling it costs one
+forward a step instead of a shared encoder and two decoders (docs/p1.md).
 """
 import argparse
 import copy
@@ -18,9 +23,9 @@ import torch
 from tqdm import tqdm
 
 from models.context_unet import ARCHS, build_from_config, load_p1_model
-from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas
+from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, guidance_distillation_loss, linear_betas
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.cli import check_writable_dir, nonnegative_int, positive_float, positive_int, probability
+from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from utils.digits import DATASETS, DigitData
 from utils.errors import UserError, cli
 from utils.runtime import add_dtype_flag, seed_everything
@@ -82,6 +87,13 @@ def parse_args(argv=None):
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of a P1 sampling checkpoint (e.g. checkpoints/p1_ddpm.pt; its "
                         "config wins) with a fresh optimizer and schedule; ignored when --resume finds last.pt")
+    p.add_argument("--distill-guidance", type=Path, default=None, metavar="TEACHER",
+                   help="train a guidance-distilled student of this P1 sampling checkpoint (its network and config, "
+                        "plus a w input; starts from its weights): one forward a sampling step instead of the "
+                        "guided pair. Use a lower --lr (e.g. 1e-4); --arch, --n-feat and --p-uncond do not apply")
+    p.add_argument("--w-range", type=nonnegative_float, nargs=2, default=(0.0, 4.0), metavar=("LO", "HI"),
+                   help="with --distill-guidance: each training image's guidance weight w is drawn uniformly from "
+                        "LO..HI; sample the student with --guidance inside it")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of process 0's generator behind all training randomness (other processes derive "
                         "theirs from it)")
@@ -96,6 +108,10 @@ def parse_args(argv=None):
         args.n_feat = 128 if args.arch == "context_unet" else 64
     if not args.beta_start <= args.beta_end < 1:
         p.error(f"--beta-start {args.beta_start} and --beta-end {args.beta_end}: need beta-start <= beta-end < 1")
+    if args.distill_guidance is not None and args.init_from is not None:
+        p.error("--distill-guidance starts from the teacher's weights: drop --init-from")
+    if args.w_range[0] > args.w_range[1]:
+        p.error(f"argument --w-range: LO {args.w_range[0]} > HI {args.w_range[1]}")
     return args
 
 
@@ -130,16 +146,18 @@ class Batch(NamedTuple):
     cond: tuple[torch.Tensor, ...]     # (digit (B,), data set (B,)), null classes where dropped
     t: torch.Tensor                    # (B,) int64 in 0..T-1
     noise: torch.Tensor                # (B, 3, 28, 28)
+    w: torch.Tensor | None = None      # (B,) guidance weights (guidance distillation only)
 
 
 def draw_batch(gen: torch.Generator, weights: torch.Tensor, labels: tuple[torch.Tensor, ...], null: tuple[int, ...],
-               n: int, num_timesteps: int, p_uncond: float) -> Batch:
+               n: int, num_timesteps: int, p_uncond: float, w_range: tuple[float, float] | None = None) -> Batch:
     """All of a step's randomness, from `gen` alone and in a fixed order (so a resumed run continues exactly)."""
     idx = torch.multinomial(weights, n, replacement=True, generator=gen)
     cond = drop_condition(tuple(label[idx] for label in labels), null, p_uncond, gen)
     t = torch.randint(0, num_timesteps, (n,), generator=gen)
     noise = torch.randn((n, 3, 28, 28), generator=gen)
-    return Batch(idx, cond, t, noise)
+    w = None if w_range is None else w_range[0] + (w_range[1] - w_range[0]) * torch.rand(n, generator=gen)
+    return Batch(idx, cond, t, noise, w)
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
@@ -187,11 +205,25 @@ def _train(args, accelerator, dtype) -> Path:
             note = resume_note(config.get("training"), accelerator, args.batch_size)
             if note:
                 print(note)
-    elif args.init_from is not None:
-        init_net, config = load_p1_model(args.init_from)
+    elif args.init_from is not None or args.distill_guidance is not None:
+        init_net, config = load_p1_model(args.init_from or args.distill_guidance)
         init = init_net.state_dict()
+        if args.distill_guidance is not None:
+            if config["model"].get("guidance_embed"):
+                raise UserError(f"--distill-guidance {args.distill_guidance}: already a guidance-distilled student; "
+                                "give the guided network it was distilled from")
+            config = {**config, "model": {**config["model"], "guidance_embed": True},
+                      "distillation": {"teacher": str(args.distill_guidance), "w_range": list(args.w_range)}}
         if main_process:
-            print(f"starting from the weights of {args.init_from}")
+            print(f"starting from the weights of {args.init_from or args.distill_guidance}")
+    teacher = distill = None
+    if "distillation" in config:
+        distill = config["distillation"]
+        teacher, teacher_config = load_p1_model(args.distill_guidance or distill["teacher"])
+        if teacher_config["schedule"] != config["schedule"]:
+            raise UserError(f"teacher {args.distill_guidance or distill['teacher']}: its noise schedule "
+                            f"{teacher_config['schedule']} is not the student's {config['schedule']}")
+        teacher = teacher.to(device).requires_grad_(False)
     config = {**config, "training": {"num_processes": accelerator.num_processes, "batch_per_process": args.batch_size,
                                      "global_batch": args.batch_size * accelerator.num_processes}}
 
@@ -203,8 +235,9 @@ def _train(args, accelerator, dtype) -> Path:
     if state is not None:
         net.load_state_dict(state["model"])
         step = state["step"]
-    elif init is not None:
-        net.load_state_dict(init)
+    elif init is not None:  # a distilled student's guidance embedding is not in its teacher: it starts at zero
+        missing = net.load_state_dict(init, strict=teacher is None).missing_keys
+        assert all(k.startswith("w_emb.") for k in missing), missing
     net.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if state is not None:
@@ -238,14 +271,21 @@ def _train(args, accelerator, dtype) -> Path:
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     start_step, start = step, time.time()
     while step < args.steps:
-        batch = draw_batch(gen, weights, labels, null, args.batch_size, T, config["p_uncond"])
+        batch = draw_batch(gen, weights, labels, null, args.batch_size, T, 0.0 if distill else config["p_uncond"],
+                           distill["w_range"] if distill else None)
         x0 = images[batch.idx.to(device)].float() / 127.5 - 1
         cond = tuple(c.to(device) for c in batch.cond)
         t, noise = batch.t.to(device), batch.noise.to(device)
         lr = args.lr * lr_factor(step, args.warmup, args.steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
+        if teacher is None:
+            loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
+        else:
+            with accelerator.autocast():  # the teacher in the student's precision
+                loss = guidance_distillation_loss(model, teacher, x0, t, alpha_bar, noise, cond,
+                                                  tuple(torch.full_like(c, n) for c, n in zip(cond, null)),
+                                                  batch.w.to(device))
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)

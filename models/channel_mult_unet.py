@@ -6,7 +6,7 @@ is narrow where the image is large and wide where it is small: `n_feat * mult` c
 with self-attention at 7x7, where the digit's identity is decided (ADM-style residual blocks,
 Dhariwal & Nichol 2021, at a smaller scale).
 
-The same interface as `ContextUnet`: `net(x, t, digit, dataset)`, null classes `digit == 10` and
+The same interface as `ContextUnet`: `net(x, t, digit, dataset)` (`w` too with `guidance_embed`), null classes `digit == 10` and
 `dataset == num_datasets`, and `encode(x, t)` / `decode(features, digit, dataset)`: the condition
 reaches only the up path, so classifier-free guidance runs the down path once for both passes.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.context_unet import timestep_embedding
+from models.context_unet import GuidanceEmbedding, condition_embedding, timestep_embedding
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -69,7 +69,7 @@ class ChannelMultUnet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, n_feat: int = 64, channel_mult: tuple[int, ...] = (1, 2, 4),
-                 num_digits: int = 10, num_datasets: int = 2):
+                 num_digits: int = 10, num_datasets: int = 2, guidance_embed: bool = False):
         super().__init__()
         if len(channel_mult) != 3:
             raise ValueError(f"channel_mult needs one multiplier per level (28, 14, 7), got {channel_mult}")
@@ -80,6 +80,7 @@ class ChannelMultUnet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(n_feat, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.digit_emb = nn.Embedding(num_digits + 1, emb)
         self.dataset_emb = nn.Embedding(num_datasets + 1, emb)
+        self.w_emb = GuidanceEmbedding(n_feat, emb) if guidance_embed else None
         self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
         self.down = nn.ModuleList([ResBlock(c_in, c, emb) for c_in, c in zip([ch[0]] + ch[:-1], ch)])
         self.mid, self.mid_attn = ResBlock(ch[-1], ch[-1], emb), Attention(ch[-1])
@@ -98,10 +99,10 @@ class ChannelMultUnet(nn.Module):
         h = self.mid_attn(self.mid(h, temb))         # (B, ch[-1], 7, 7)
         return (temb, h, *skips)
 
-    def decode(self, features: tuple[torch.Tensor, ...], digit, dataset) -> torch.Tensor:
-        """eps from `encode`'s features and the condition: the up path."""
+    def decode(self, features: tuple[torch.Tensor, ...], digit, dataset, w=None) -> torch.Tensor:
+        """eps from `encode`'s features and the condition (and w, if guidance-distilled): the up path."""
         temb, h, *skips = features
-        emb = temb + self.digit_emb(digit) + self.dataset_emb(dataset)
+        emb = temb + condition_embedding(self, digit, dataset, w)
         for i, block in enumerate(self.up):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
@@ -110,5 +111,5 @@ class ChannelMultUnet(nn.Module):
                 h = self.up_attn(h)
         return self.out(h)
 
-    def forward(self, x, t, digit, dataset):
-        return self.decode(self.encode(x, t), digit, dataset)
+    def forward(self, x, t, digit, dataset, w=None):
+        return self.decode(self.encode(x, t), digit, dataset, w)

@@ -20,6 +20,24 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+class GuidanceEmbedding(nn.Module):
+    """w (B,) -> (B, dim): the guidance weight as an input of a guidance-distilled network (Meng et al. 2023).
+
+    Sinusoidal features of 100 w (so w in 0..5 spreads like the timesteps), then an MLP whose last layer
+    starts at zero: a student built from its teacher's weights starts as the teacher's conditional network.
+    """
+
+    def __init__(self, n_feat: int, dim: int):
+        super().__init__()
+        self.n_feat = n_feat
+        self.mlp = nn.Sequential(nn.Linear(n_feat, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(100 * w, self.n_feat))
+
+
 class ResidualConvBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, groups: int = 8):
         super().__init__()
@@ -53,10 +71,13 @@ class Up(nn.Module):
 class ContextUnet(nn.Module):
     """eps = net(x (B, 3, 28, 28), t (B,), digit (B,), dataset (B,)).
 
-    `digit == 10` and `dataset == num_datasets` are the null (unconditional) classes.
+    `digit == 10` and `dataset == num_datasets` are the null (unconditional) classes. With
+    `guidance_embed` the network also takes the guidance weight, `net(x, t, digit, dataset, w)` with
+    w (B,): a guidance-distilled student (`p1_ddpm_train.py --distill-guidance`), added to the condition.
     """
 
-    def __init__(self, in_channels: int = 3, n_feat: int = 64, num_digits: int = 10, num_datasets: int = 2):
+    def __init__(self, in_channels: int = 3, n_feat: int = 64, num_digits: int = 10, num_datasets: int = 2,
+                 guidance_embed: bool = False):
         super().__init__()
         self.null_digit, self.null_dataset = num_digits, num_datasets
         f, emb = n_feat, 2 * n_feat
@@ -66,6 +87,7 @@ class ContextUnet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(f, emb), nn.GELU(), nn.Linear(emb, emb))
         self.digit_emb = nn.Embedding(num_digits + 1, emb)
         self.dataset_emb = nn.Embedding(num_datasets + 1, emb)
+        self.w_emb = GuidanceEmbedding(f, emb) if guidance_embed else None
         # per-level modulation: scale from the condition, shift from time (as ContextUnet)
         self.cond1, self.time1 = nn.Linear(emb, 2 * f), nn.Linear(emb, 2 * f)
         self.cond2, self.time2 = nn.Linear(emb, f), nn.Linear(emb, f)
@@ -87,18 +109,28 @@ class ContextUnet(nn.Module):
         temb = self.time_mlp(timestep_embedding(t, self.n_feat))
         return x, d1, d2, h, temb
 
-    def decode(self, features: tuple[torch.Tensor, ...], digit, dataset) -> torch.Tensor:
-        """eps from `encode`'s features and the condition: the up path, modulated by it."""
+    def decode(self, features: tuple[torch.Tensor, ...], digit, dataset, w=None) -> torch.Tensor:
+        """eps from `encode`'s features and the condition (and w, for a guidance-distilled network): the up path."""
         x, d1, d2, h, temb = features
-        cemb = self.digit_emb(digit) + self.dataset_emb(dataset)
+        cemb = condition_embedding(self, digit, dataset, w)
         h = h * (1 + self.cond1(cemb))[..., None, None] + self.time1(temb)[..., None, None]
         h = self.up1(h, d2)                         # (B, f, 14, 14)
         h = h * (1 + self.cond2(cemb))[..., None, None] + self.time2(temb)[..., None, None]
         h = self.up2(h, d1)                         # (B, f, 28, 28)
         return self.out(torch.cat([h, x], dim=1))   # (B, 3, 28, 28)
 
-    def forward(self, x, t, digit, dataset):
-        return self.decode(self.encode(x, t), digit, dataset)
+    def forward(self, x, t, digit, dataset, w=None):
+        return self.decode(self.encode(x, t), digit, dataset, w)
+
+
+def condition_embedding(net: nn.Module, digit, dataset, w=None) -> torch.Tensor:
+    """digit_emb + dataset_emb (+ w_emb(w)) of a P1 network: (B, emb). A guidance-distilled network needs w,
+    any other refuses it."""
+    emb = net.digit_emb(digit) + net.dataset_emb(dataset)
+    if (w is None) != (net.w_emb is None):
+        raise ValueError("a guidance-distilled network needs w, any other takes none" if w is None else
+                         "w given to a network without a guidance embedding (not guidance-distilled)")
+    return emb if w is None else emb + net.w_emb(w)
 
 
 ARCHS = ("context_unet", "channel_mult_unet")  # the P1 networks a config may name (`p1_ddpm_train.py --arch`)

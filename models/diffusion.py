@@ -261,7 +261,9 @@ class ClassifierFreeGuidance:
     `encode(x, t)` (what the condition does not reach) and `decode(features, *cond)`: the two passes
     then share one `encode`, else each chunk of the batch is doubled. `interval=(lo, hi)` guides only
     where lo <= t <= hi (a guidance interval, Kynkaanniemi et al. 2024); elsewhere eps = eps(x, t, c),
-    one pass instead of two. The network runs under autocast in `dtype`; eps is returned in float32.
+    one pass instead of two. A guidance-distilled network (one with a `w_emb`, Meng et al. 2023) takes
+    w itself: one pass `net(x, t, *cond, w=w)`, w = 0 outside the interval. The network runs under
+    autocast in `dtype`; eps is returned in float32.
     """
 
     def __init__(self, net, cond, null, w: float, chunk: int = 512, interval: tuple[int, int] | None = None,
@@ -274,6 +276,8 @@ class ClassifierFreeGuidance:
 
     def _chunk(self, x, t, cond, null, guided) -> torch.Tensor:
         """(1 + w) eps(x, t, cond) - w eps(x, t, null) where `guided`, eps(x, t, cond) elsewhere."""
+        if getattr(self.net, "w_emb", None) is not None:  # guidance-distilled: w is an input
+            return self.net(x, t, *cond, w=guided.float() * self.w).float()
         if not guided.any():
             return self.net(x, t, *cond).float()
         idx = guided.nonzero().flatten()  # the images that also get the null pass
@@ -320,3 +324,22 @@ def epsilon_loss(model, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tens
     """
     pred = model(q_sample(x0, t, alpha_bar, noise), t, *cond)
     return torch.nn.functional.mse_loss(pred.float(), noise.float())
+
+
+def guidance_distillation_loss(student, teacher, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor,
+                               noise: torch.Tensor, cond: Sequence[torch.Tensor], null: Sequence[torch.Tensor],
+                               w: torch.Tensor) -> torch.Tensor:
+    """Stage one of guidance distillation (Meng et al. 2023, eq. 7, in eps): mean ||eps_guided - student(x_t, t, *cond, w)||^2
+    with the teacher's guided eps_guided = (1 + w) eps(x_t, t, cond) - w eps(x_t, t, null) as the target.
+
+    x_t = q_sample(x0, t, alpha_bar, noise); w (B,) is each image's guidance weight; cond and null are
+    tensors (B,) of class indices (the student learns the conditional network's guided output).
+    """
+    x_t = q_sample(x0, t, alpha_bar, noise)
+    with torch.no_grad():
+        both = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), *(torch.cat([c, n]) for c, n in zip(cond, null)))
+        eps_c, eps_u = both.float().chunk(2)
+        ww = w.float().view(-1, 1, 1, 1)
+        target = (1 + ww) * eps_c - ww * eps_u
+    pred = student(x_t, t, *cond, w=w)
+    return torch.nn.functional.mse_loss(pred.float(), target)

@@ -99,6 +99,34 @@ def test_channel_mult_unet_trains_and_samples(digits, tmp_path, cli_error):
         p1_ddpm_train.parse_args(["--channel-mult", "1,0,4"])
 
 
+def test_distill_guidance_trains_a_student_that_samples_in_one_pass(digits, tiny_ckpt, tmp_path, cli_error):
+    """--distill-guidance: the student is the teacher's network plus a w input, its checkpoint says what it was
+    distilled from, the w embedding is trained, a resumed run continues exactly, and the sampler takes it
+    (refusing a w outside the trained range)."""
+    args = ["--distill-guidance", str(tiny_ckpt), "--data-root", str(digits), "--w-range", "1", "4",
+            "--lr", "1e-2", *TINY]
+    straight = p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "straight"), "--steps", "3"])
+    p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "resumed"), "--steps", "2"])
+    p1_ddpm_train.main([*args[2:], "--out-dir", str(tmp_path / "resumed"), "--steps", "3", "--resume"])  # teacher from config
+    student, config = load_p1_model(straight)
+    teacher, teacher_config = load_p1_model(tiny_ckpt)
+    assert config["model"] == {**teacher_config["model"], "guidance_embed": True}
+    assert config["distillation"] == {"teacher": str(tiny_ckpt), "w_range": [1.0, 4.0]}
+    assert student.w_emb.mlp[-1].weight.abs().max() > 0  # trained from zero: the loss reached w
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["ema"]
+    assert all(torch.equal(resumed[k], v) for k, v in student.state_dict().items())
+    out = tmp_path / "out"
+    p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--steps", "2", "--per-digit", "1", "--quiet"])
+    assert sorted(p.name for p in (out / "mnistm").glob("*.png")) == [f"{d}_001.png" for d in range(10)]
+    with cli_error(r"--guidance 5.0: outside 1.0..4.0"):
+        p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--guidance", "5", "--quiet"])
+    with cli_error("already a guidance-distilled student"):
+        p1_ddpm_train.main(["--data-root", str(digits), "--distill-guidance", str(straight), "--out-dir",
+                            str(tmp_path / "again"), *TINY])
+    with cli_error("--distill-guidance starts from the teacher's weights: drop --init-from"):
+        p1_ddpm_train.parse_args(["--distill-guidance", str(tiny_ckpt), "--init-from", str(tiny_ckpt)])
+
+
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
     net, config = load_p1_model(tiny_ckpt)
     images = {dtype: p1_ddpm_sample.sample(net, config, Settings(steps=5), per_digit=2, dtype=dtype).astype(float)
@@ -351,5 +379,5 @@ def test_shipped_checkpoint_samples_digits_the_judges_recognise(shared, tmp_path
     assert config["image_size"] == 28 and config["datasets"] == ["mnistm", "svhn"]
     p1_ddpm_sample.main([str(tmp_path), "--per-digit", "2", "--quiet"])
     scores = p1_ddpm_eval.main([str(tmp_path), "--mnistm-classifier", str(shared / "grader" / "Classifier.pth")])
-    # measured on the graded 1,000: 0.994 and 0.988; 20 images per data set leave room for two misses
+    # measured on the graded 1,000 (fp32, seed 0): 0.996 and 0.990; 20 images per data set leave room for two misses
     assert scores["mnistm"]["accuracy"] >= 0.9 and scores["svhn"]["accuracy"] >= 0.9, scores

@@ -9,7 +9,9 @@ from models.diffusion import (
     alphas_cumprod,
     ddim_sample,
     dpmpp_2m_sample,
+    guidance_distillation_loss,
     linear_betas,
+    q_sample,
     spaced_timesteps,
     trailing_timesteps,
     unipc_sample,
@@ -166,3 +168,74 @@ def test_guidance_shares_the_encoder(arch, chunk):
             assert torch.allclose(out, expected, atol=1e-5), interval
             assert (cond - uncond).abs().max() > 0.1  # the condition matters, so the check above means something
             assert sum(encoded) == 5  # each image once: without the shared encoder, 5 + guided.sum()
+
+
+def _random_p1_net(arch: str, **model) -> torch.nn.Module:
+    """A small P1 network with weights N(0, 0.2), so its output depends on the condition (and on w)."""
+    torch.manual_seed(0)
+    net = build_from_config({"model": {"arch": arch, "n_feat": 16, **model}}).eval()
+    for p in net.parameters():
+        p.data.normal_(0, 0.2)
+    return net
+
+
+@pytest.mark.parametrize("arch", ["context_unet", "channel_mult_unet"])
+def test_a_guidance_distilled_network_takes_w_in_one_pass(arch):
+    """Guidance on a guidance-distilled network (one with `w_emb`): one pass per image with w as its input,
+    w = 0 outside the guidance interval; a network needs w if and only if it has the embedding."""
+    net = _random_p1_net(arch, guidance_embed=True)
+    forwards = []
+    net.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(args[0].shape[0]), with_kwargs=True)
+    x, ts = torch.randn(5, 3, 28, 28), torch.tensor([50, 150, 250, 350, 450])
+    digit, dset = torch.tensor([0, 3, 5, 7, 9]), torch.tensor([0, 1, 0, 1, 0])
+    null = (torch.full((5,), net.null_digit), torch.full((5,), net.null_dataset))
+    with torch.no_grad():
+        out = ClassifierFreeGuidance(net, (digit, dset), null, w=2.0, chunk=3, interval=(100, 300))(x, ts)
+        expected = net(x, ts, digit, dset, w=torch.tensor([0.0, 2.0, 2.0, 0.0, 0.0]))
+        assert forwards[:2] == [3, 2]  # one forward per chunk, no doubled batch
+        assert torch.allclose(out, expected, atol=1e-5)  # chunks of 3 against one batch of 5
+        assert (net(x, ts, digit, dset, w=torch.full((5,), 2.0)) - out)[[0, 3, 4]].abs().max() > 0.1  # w matters
+        with pytest.raises(ValueError, match="needs w"):
+            net(x, ts, digit, dset)
+        with pytest.raises(ValueError, match="not guidance-distilled"):
+            _random_p1_net(arch)(x, ts, digit, dset, w=torch.zeros(5))
+
+
+@pytest.mark.parametrize("arch", ["context_unet", "channel_mult_unet"])
+def test_a_student_starts_as_its_teachers_conditional_network(arch):
+    """The guidance embedding's last layer starts at zero: loaded with its teacher's weights, a student gives
+    the teacher's conditional eps for any w (distillation starts from there, not from noise)."""
+    teacher = _random_p1_net(arch)
+    student = build_from_config({"model": {"arch": arch, "n_feat": 16, "guidance_embed": True}}).eval()
+    missing = student.load_state_dict(teacher.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("w_emb.") for k in missing)
+    x, ts, digit, dset = torch.randn(3, 3, 28, 28), torch.tensor([10, 200, 499]), torch.tensor([1, 4, 8]), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        for w in (0.0, 1.5, 4.0):
+            assert torch.equal(student(x, ts, digit, dset, w=torch.full((3,), w)), teacher(x, ts, digit, dset))
+
+
+def test_guidance_distillation_loss_targets_the_teachers_guided_eps():
+    """`guidance_distillation_loss` is zero for a student that returns the teacher's guided eps
+    (1 + w) eps(x_t, c) - w eps(x_t, null) at each image's own w, and is w^2 |eps_c - eps_null|^2 for the
+    student it starts as (the teacher's conditional network)."""
+    teacher = _random_p1_net("context_unet")
+    torch.manual_seed(1)
+    x0, noise, t = torch.rand(6, 3, 28, 28) * 2 - 1, torch.randn(6, 3, 28, 28), torch.randint(0, T, (6,))
+    cond, null = (torch.arange(6), torch.arange(6) % 2), (torch.full((6,), 10), torch.full((6,), 2))
+    w = torch.tensor([0.0, 0.5, 1.0, 2.0, 3.0, 4.0])
+
+    def guided(x, t, digit, dset, w):
+        ww = w.view(-1, 1, 1, 1)
+        return (1 + ww) * teacher(x, t, digit, dset) - ww * teacher(x, t, *null)
+
+    def conditional(x, t, digit, dset, w):
+        return teacher(x, t, digit, dset)
+
+    with torch.no_grad():
+        x_t = q_sample(x0, t, AB.float(), noise)
+        gap = teacher(x_t, t, *cond) - teacher(x_t, t, *null)
+        assert gap.abs().max() > 0.1  # the condition matters to this teacher
+        assert guidance_distillation_loss(guided, teacher, x0, t, AB.float(), noise, cond, null, w) < 1e-10
+        start = guidance_distillation_loss(conditional, teacher, x0, t, AB.float(), noise, cond, null, w)
+        assert torch.isclose(start, (w.view(-1, 1, 1, 1) ** 2 * gap ** 2).mean(), rtol=1e-5)

@@ -77,7 +77,8 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
     gens = [torch.Generator().manual_seed(process_seed(0, rank)) for rank in (0, 1)]
     draw = p1_ddpm_train.draw_batch
 
-    def both(gen, weights, labels, null, n, num_timesteps, p_uncond):
+    def both(gen, weights, labels, null, n, num_timesteps, p_uncond, w_range=None):
+        assert w_range is None  # plain training: no guidance weights drawn
         parts = [draw(g, weights, labels, null, n // 2, num_timesteps, p_uncond) for g in gens]
         return p1_ddpm_train.Batch(torch.cat([p.idx for p in parts]),
                                    tuple(torch.cat(c) for c in zip(*(p.cond for p in parts))),
