@@ -73,7 +73,9 @@ def parse_args(argv=None):
     p.add_argument("out_dir", type=Path, help="output folder; mnistm/ and svhn/ are created inside")
     p.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT, help="P1 checkpoint (carries its own config)")
     p.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance,
-                   help="classifier-free guidance weight w: eps = (1+w) eps_cond - w eps_uncond (0 = none)")
+                   help="classifier-free guidance weight w: eps = (1+w) eps_cond - w eps_uncond (0 = none); a "
+                        "guidance-distilled checkpoint (the shipped one) takes w as an input, within the range it was "
+                        "distilled for (0..4)")
     p.add_argument("--guidance-interval", type=nonnegative_int, nargs=2, metavar=("LO", "HI"),
                    default=DEFAULTS.guidance_interval,
                    help="guide only at timesteps LO <= t <= HI (0-indexed, T-1 is pure noise); the other "
