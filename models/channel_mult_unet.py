@@ -6,9 +6,10 @@ is narrow where the image is large and wide where it is small: `n_feat * mult` c
 with self-attention at 7x7, where the digit's identity is decided (ADM-style residual blocks,
 Dhariwal & Nichol 2021, at a smaller scale).
 
-The same interface as `ContextUnet`: `net(x, t, digit, dataset)` (`w` too with `guidance_embed`), null classes `digit == 10` and
-`dataset == num_datasets`, and `encode(x, t)` / `decode(features, digit, dataset)`: the condition
-reaches only the up path, so classifier-free guidance runs the down path once for both passes.
+The same interface as `ContextUnet`: `net(x, t, digit, dataset)` (and `w` with `guidance_embed`),
+null classes `digit == 10` and `dataset == num_datasets`, and `encode(x, t)` / `decode(features,
+digit, dataset)`: the condition reaches only the up path, so classifier-free guidance runs the down
+path once for both passes.
 """
 import math
 
