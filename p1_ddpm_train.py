@@ -219,9 +219,10 @@ def _train(args, accelerator, dtype) -> Path:
     teacher = distill = None
     if "distillation" in config:
         distill = config["distillation"]
-        teacher, teacher_config = load_p1_model(args.distill_guidance or distill["teacher"])
+        teacher_path = args.distill_guidance or distill["teacher"]  # on resume: the path the config recorded
+        teacher, teacher_config = load_p1_model(teacher_path)
         if teacher_config["schedule"] != config["schedule"]:
-            raise UserError(f"teacher {args.distill_guidance or distill['teacher']}: its noise schedule "
+            raise UserError(f"teacher {teacher_path}: its noise schedule "
                             f"{teacher_config['schedule']} is not the student's {config['schedule']}")
         teacher = teacher.to(device).requires_grad_(False)
     config = {**config, "training": {"num_processes": accelerator.num_processes, "batch_per_process": args.batch_size,
