@@ -5,11 +5,13 @@ so the same seed and flags give the same bytes on the same machine. `--grid` add
 grid per data set (rows digits 0-9, columns the first 10 samples); `--reverse-process` adds,
 per data set, a "0" at t = 500, 320, 200, 120, 40, 1 of the ancestral DDPM sampler over all T steps.
 A rerun replaces the earlier output whole: the images are written into temporary folders that
-replace mnistm/ and svhn/ only once every image is written.
+replace mnistm/ and svhn/ only once every image is written. The sampler, steps and grid default to
+the checkpoint's own: UniPC 5 (trailing), or DDIM over the K trailing steps a step-distilled student
+(`p1_ddpm_train.py --distill-steps`) was trained for.
 """
 import argparse
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,6 +65,13 @@ class Settings:
 DEFAULTS = Settings()
 
 
+def checkpoint_defaults(config: dict) -> Settings:
+    """The settings a checkpoint samples with by default: DEFAULTS, or for a step-distilled student
+    (`--distill-steps`) DDIM over the trailing grid of the K steps it was trained for."""
+    steps = config.get("distillation", {}).get("steps")
+    return DEFAULTS if steps is None else replace(DEFAULTS, sampler="ddim", steps=steps, spacing="trailing")
+
+
 class ReverseProcess(NamedTuple):
     points: list[int]      # 1-indexed timesteps, descending (t = T is pure noise)
     tiles: np.ndarray      # (S, len(points), 28, 28, 3) uint8: the states x_t at those points, per data set
@@ -80,13 +89,15 @@ def parse_args(argv=None):
                    default=DEFAULTS.guidance_interval,
                    help="guide only at timesteps LO <= t <= HI (0-indexed, T-1 is pure noise); the other "
                         "steps run the conditional network alone, one forward instead of two (default: every step)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=DEFAULTS.sampler,
-                   help="ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++(2M)) or unipc (UniPC-2, bh2, with corrector)")
-    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps,
-                   help="number of denoising steps (evenly spaced; ddpm with steps = T is the classic sampler)")
-    p.add_argument("--spacing", choices=sorted(SPACINGS), default=DEFAULTS.spacing,
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                   help="ddpm (ancestral), ddim, dpmpp_2m (DPM-Solver++(2M)) or unipc (UniPC-2, bh2, with corrector) "
+                        f"(None: the checkpoint's, {DEFAULTS.sampler}, or ddim for a step-distilled one)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="number of denoising steps (evenly spaced; ddpm with steps = T is the classic sampler) "
+                        f"(None: the checkpoint's, {DEFAULTS.steps}, or a step-distilled one's own K)")
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default=None,
                    help="timestep grid: leading = 400, 300, ..., 0 (the DDIM paper's), trailing = 499, 399, ..., 99 "
-                        "(for T = 500 and 5 steps)")
+                        f"(for T = 500 and 5 steps) (None: the checkpoint's, {DEFAULTS.spacing})")
     p.add_argument("--eta", type=probability, default=DEFAULTS.eta,
                    help="DDIM eta (0 deterministic, 1 DDPM-like); --sampler ddim only")
     p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit per data set")
@@ -103,8 +114,6 @@ def parse_args(argv=None):
                         "120, 40, 1 (scaled to T) of the ancestral DDPM sampler over all T steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.eta != 0 and args.sampler != "ddim":
-        p.error(f"argument --eta: applies to --sampler ddim only (got --sampler {args.sampler})")
     if args.guidance_interval is not None:
         if args.guidance_interval[0] > args.guidance_interval[1]:
             p.error(f"argument --guidance-interval: LO {args.guidance_interval[0]} > HI {args.guidance_interval[1]}")
@@ -207,23 +216,27 @@ def main(argv=None):
         net, config = load_p1_model(args.ckpt)
     except UserError as e:
         raise UserError(f"{e}\n(train one with p1_ddpm_train.py, or pass --ckpt PATH)") from None
-    T = config["schedule"]["num_steps"]
-    if args.steps > T:
-        raise UserError(f"--steps {args.steps}: must be in 1..{T} for this checkpoint")
     lo, hi = config.get("distillation", {}).get("w_range", (0, float("inf")))
     if not lo <= args.guidance <= hi:
         raise UserError(f"--guidance {args.guidance}: outside {lo}..{hi}, the range of w this guidance-distilled "
                         f"checkpoint was trained for")
+    default = checkpoint_defaults(config)
+    settings = Settings(args.sampler or default.sampler, args.steps or default.steps, args.spacing or default.spacing,
+                        args.guidance, args.guidance_interval, args.eta, args.batch_size)
+    T = config["schedule"]["num_steps"]
+    if settings.steps > T:
+        raise UserError(f"--steps {settings.steps}: must be in 1..{T} for this checkpoint")
+    if settings.eta != 0 and settings.sampler != "ddim":
+        raise UserError(f"--eta {settings.eta}: applies to --sampler ddim only "
+                        f"(this run's sampler: {settings.sampler})")
     device = pick_device(args.device)
     dtype = resolve_dtype(args.dtype, device, cpu="bf16")
-    settings = Settings(args.sampler, args.steps, args.spacing, args.guidance, args.guidance_interval, args.eta,
-                        args.batch_size)
     net = net.to(device)
     images = sample(net, config, settings, per_digit=args.per_digit, seed=args.seed, dtype=dtype, device=device,
                     progress=not args.quiet)
     reverse = (reverse_process(net, config, settings, seed=args.seed, dtype=dtype, device=device,
                                progress=not args.quiet) if args.reverse_process else None)
-    caption = f"{args.sampler}, {args.steps} steps, w={args.guidance}" if args.grid else None
+    caption = f"{settings.sampler}, {settings.steps} steps, w={settings.guidance}" if args.grid else None
     write_outputs(args.out_dir, config["datasets"], images, grid_caption=caption, reverse=reverse)
     print(f"wrote {images.shape[0] * images.shape[1] * images.shape[2]} images to {args.out_dir}")
     return args.out_dir

@@ -10,7 +10,10 @@ OUT_DIR/train_log.jsonl gets one line per logged step. docs/training.md has the 
 `--distill-guidance TEACHER` trains a guidance-distilled student instead (Meng et al. 2023, stage one):
 the teacher's network plus an input for the guidance weight w, started from the teacher's weights and
 trained to give, in one forward, the teacher's guided eps for any w in --w-range; sampling it costs one
-forward a step instead of a shared encoder and two decoders (docs/p1.md).
+forward a step instead of a shared encoder and two decoders (docs/p1.md). `--distill-steps TEACHER` then
+halves a guidance-distilled network's DDIM steps (Salimans & Ho 2022, progressive distillation; Meng et al.
+2023, stage two): the student's one step lands where the teacher's two land, on --student-steps K trailing
+steps against the teacher's 2K; the student's checkpoint samples with DDIM K by default.
 """
 import argparse
 import copy
@@ -23,7 +26,15 @@ import torch
 from tqdm import tqdm
 
 from models.context_unet import ARCHS, build_from_config, load_p1_model
-from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, guidance_distillation_loss, linear_betas
+from models.diffusion import (
+    alphas_cumprod,
+    drop_condition,
+    epsilon_loss,
+    guidance_distillation_loss,
+    linear_betas,
+    step_distillation_loss,
+    trailing_timesteps,
+)
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from utils.digits import DATASETS, DigitData
@@ -91,9 +102,16 @@ def parse_args(argv=None):
                    help="train a guidance-distilled student of this P1 sampling checkpoint (its network and config, "
                         "plus a w input; starts from its weights): one forward a sampling step instead of the "
                         "guided pair. Use a lower --lr (e.g. 1e-4); --arch, --n-feat and --p-uncond do not apply")
+    p.add_argument("--distill-steps", type=Path, default=None, metavar="TEACHER",
+                   help="train a step-distilled student of this guidance-distilled checkpoint (starts from its "
+                        "weights): one DDIM step of the student does the teacher's two, over --student-steps K "
+                        "trailing steps against the teacher's 2K. Use a lower --lr (e.g. 1e-4)")
+    p.add_argument("--student-steps", type=positive_int, default=2,
+                   help="with --distill-steps: the student's DDIM steps K (the teacher takes 2K)")
     p.add_argument("--w-range", type=nonnegative_float, nargs=2, default=(0.0, 4.0), metavar=("LO", "HI"),
-                   help="with --distill-guidance: each training image's guidance weight w is drawn uniformly from "
-                        "LO..HI; sample the student with --guidance inside it")
+                   help="with --distill-guidance or --distill-steps: each training image's guidance weight w is "
+                        "drawn uniformly from LO..HI (within the teacher's, for --distill-steps); sample the "
+                        "student with --guidance inside it")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of process 0's generator behind all training randomness (other processes derive "
                         "theirs from it)")
@@ -108,8 +126,10 @@ def parse_args(argv=None):
         args.n_feat = 128 if args.arch == "context_unet" else 64
     if not args.beta_start <= args.beta_end < 1:
         p.error(f"--beta-start {args.beta_start} and --beta-end {args.beta_end}: need beta-start <= beta-end < 1")
-    if args.distill_guidance is not None and args.init_from is not None:
-        p.error("--distill-guidance starts from the teacher's weights: drop --init-from")
+    starts = [f for f in ("init_from", "distill_guidance", "distill_steps") if getattr(args, f) is not None]
+    if len(starts) > 1:
+        p.error(" and ".join("--" + f.replace("_", "-") for f in starts) + ": give one (a distillation starts from "
+                "its teacher's weights)")
     if args.w_range[0] > args.w_range[1]:
         p.error(f"argument --w-range: LO {args.w_range[0]} > HI {args.w_range[1]}")
     return args
@@ -173,6 +193,39 @@ def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
     return None
 
 
+def distillation_config(args, config: dict) -> dict:
+    """The student's config from its teacher's (`config`), for --distill-guidance or --distill-steps; else `config`.
+
+    A guidance-distilled student gains `model.guidance_embed`; a step-distilled one keeps its teacher's model
+    and records its DDIM `steps`. Either records `distillation: {teacher, w_range[, steps]}`.
+    """
+    teacher = config.get("distillation", {})
+    if args.distill_guidance is not None:
+        if config["model"].get("guidance_embed"):
+            raise UserError(f"--distill-guidance {args.distill_guidance}: already a guidance-distilled student; "
+                            "give the guided network it was distilled from")
+        return {**config, "model": {**config["model"], "guidance_embed": True},
+                "distillation": {"teacher": str(args.distill_guidance), "w_range": list(args.w_range)}}
+    if args.distill_steps is None:
+        return config
+    if not config["model"].get("guidance_embed"):
+        raise UserError(f"--distill-steps {args.distill_steps}: not a guidance-distilled network; distil its "
+                        "guidance first (--distill-guidance)")
+    lo, hi = teacher["w_range"]
+    if not lo <= args.w_range[0] <= args.w_range[1] <= hi:
+        raise UserError(f"--w-range {args.w_range[0]} {args.w_range[1]}: outside {lo}..{hi}, the teacher's")
+    teacher_steps = teacher.get("steps")
+    if teacher_steps is not None and teacher_steps != 2 * args.student_steps:
+        hint = f"give --student-steps {teacher_steps // 2}" if teacher_steps % 2 == 0 else "they cannot be halved"
+        raise UserError(f"--student-steps {args.student_steps}: the teacher {args.distill_steps} samples in "
+                        f"{teacher_steps} steps; {hint}")
+    if 2 * args.student_steps > config["schedule"]["num_steps"]:
+        raise UserError(f"--student-steps {args.student_steps}: the teacher's 2K steps exceed T = "
+                        f"{config['schedule']['num_steps']}")
+    return {**config, "distillation": {"teacher": str(args.distill_steps), "w_range": list(args.w_range),
+                                       "steps": args.student_steps}}
+
+
 def train(args) -> Path:
     with accelerated(args.device, args.dtype, cuda="bf16", cpu="bf16") as (accelerator, dtype):
         return _train(args, accelerator, dtype)
@@ -205,21 +258,17 @@ def _train(args, accelerator, dtype) -> Path:
             note = resume_note(config.get("training"), accelerator, args.batch_size)
             if note:
                 print(note)
-    elif args.init_from is not None or args.distill_guidance is not None:
-        init_net, config = load_p1_model(args.init_from or args.distill_guidance)
+    elif args.init_from is not None or args.distill_guidance is not None or args.distill_steps is not None:
+        start_from = args.init_from or args.distill_guidance or args.distill_steps
+        init_net, config = load_p1_model(start_from)
         init = init_net.state_dict()
-        if args.distill_guidance is not None:
-            if config["model"].get("guidance_embed"):
-                raise UserError(f"--distill-guidance {args.distill_guidance}: already a guidance-distilled student; "
-                                "give the guided network it was distilled from")
-            config = {**config, "model": {**config["model"], "guidance_embed": True},
-                      "distillation": {"teacher": str(args.distill_guidance), "w_range": list(args.w_range)}}
+        config = distillation_config(args, config)
         if main_process:
-            print(f"starting from the weights of {args.init_from or args.distill_guidance}")
+            print(f"starting from the weights of {start_from}")
     teacher = distill = None
     if "distillation" in config:
         distill = config["distillation"]
-        teacher_path = args.distill_guidance or distill["teacher"]  # on resume: the path the config recorded
+        teacher_path = args.distill_guidance or args.distill_steps or distill["teacher"]  # on resume: the config's
         teacher, teacher_config = load_p1_model(teacher_path)
         if teacher_config["schedule"] != config["schedule"]:
             raise UserError(f"teacher {teacher_path}: its noise schedule "
@@ -269,11 +318,16 @@ def _train(args, accelerator, dtype) -> Path:
 
     log, meter = TrainLog(args.out_dir / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
     T = config["schedule"]["num_steps"]
+    grid = mid = None
+    if distill and "steps" in distill:  # step distillation: the student's step i is the teacher's 2i and 2i + 1
+        K = distill["steps"]
+        grid = torch.tensor(trailing_timesteps(T, K) + [-1], device=device)  # -1: the end (alpha_bar = 1)
+        mid = torch.tensor(trailing_timesteps(T, 2 * K)[1::2], device=device)
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     start_step, start = step, time.time()
     while step < args.steps:
-        batch = draw_batch(gen, weights, labels, null, args.batch_size, T, 0.0 if distill else config["p_uncond"],
-                           distill["w_range"] if distill else None)
+        batch = draw_batch(gen, weights, labels, null, args.batch_size, len(mid) if mid is not None else T,
+                           0.0 if distill else config["p_uncond"], distill["w_range"] if distill else None)
         x0 = images[batch.idx.to(device)].float() / 127.5 - 1
         cond = tuple(c.to(device) for c in batch.cond)
         t, noise = batch.t.to(device), batch.noise.to(device)
@@ -282,6 +336,10 @@ def _train(args, accelerator, dtype) -> Path:
             group["lr"] = lr
         if teacher is None:
             loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
+        elif grid is not None:  # t indexes the student's grid
+            with accelerator.autocast():
+                loss = step_distillation_loss(model, teacher, x0, grid[t], mid[t], grid[t + 1], alpha_bar, noise,
+                                              cond, batch.w.to(device))
         else:
             with accelerator.autocast():  # the teacher in the student's precision
                 loss = guidance_distillation_loss(model, teacher, x0, t, alpha_bar, noise, cond,

@@ -21,7 +21,7 @@ from benchmarks.bench_p1_sampling import UNIT_FORWARDS, gflop_per_image
 from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_per_image
 from models.context_unet import load_p1_model
 from p1_ddpm_eval import load_judge, score
-from p1_ddpm_sample import DEFAULTS, Settings, sample
+from p1_ddpm_sample import DEFAULTS, Settings, checkpoint_defaults, sample
 from utils.runtime import cpu_capability, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +40,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", type=Path, nargs="+", default=[ROOT / "checkpoints" / "p1_ddpm.pt"],
                    help="P1 checkpoints to compare")
-    p.add_argument("--sampler", nargs="+", default=[DEFAULTS.sampler], help="samplers (see p1_ddpm_sample.py)")
-    p.add_argument("--steps", type=int, nargs="+", default=[DEFAULTS.steps], help="step counts")
-    p.add_argument("--spacing", nargs="+", default=[DEFAULTS.spacing], help="timestep grids (leading, trailing)")
+    p.add_argument("--sampler", nargs="+", default=None,
+                   help="samplers (see p1_ddpm_sample.py) (default: each checkpoint's, as hw2_1.sh samples it)")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default: each checkpoint's)")
+    p.add_argument("--spacing", nargs="+", default=None,
+                   help="timestep grids (leading, trailing) (default: each checkpoint's)")
     p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULTS.guidance], help="guidance weights w")
     p.add_argument("--interval", type=interval, nargs="+", default=[DEFAULTS.guidance_interval],
                    help="guidance intervals: 'all' or LO:HI in 0-indexed timesteps")
@@ -77,8 +79,10 @@ def main(argv=None):
     for ckpt in args.ckpt:
         net, config = load_p1_model(ckpt)
         train_step = torch.load(ckpt, map_location="cpu", weights_only=True).get("step")
-        for sampler, steps, spacing, w, iv, seed in itertools.product(args.sampler, args.steps, args.spacing,
-                                                                       args.guidance, args.interval, args.seed):
+        default = checkpoint_defaults(config)
+        for sampler, steps, spacing, w, iv, seed in itertools.product(
+                args.sampler or [default.sampler], args.steps or [default.steps], args.spacing or [default.spacing],
+                args.guidance, args.interval, args.seed):
             settings = Settings(sampler, steps, spacing, w, iv)
             start = time.perf_counter()
             images = sample(net, config, settings, per_digit=args.per_digit, seed=seed, dtype=dtype)

@@ -343,3 +343,29 @@ def guidance_distillation_loss(student, teacher, x0: torch.Tensor, t: torch.Tens
         target = (1 + ww) * eps_c - ww * eps_u
     pred = student(x_t, t, *cond, w=w)
     return torch.nn.functional.mse_loss(pred.float(), target)
+
+
+def step_distillation_loss(student, teacher, x0: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor,
+                           t_next: torch.Tensor, alpha_bar: torch.Tensor, noise: torch.Tensor,
+                           cond: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """One stage of progressive distillation (Salimans & Ho 2022, algorithm 2) on a fixed grid: the student's
+    one DDIM step t -> t_next is trained to land where the teacher's two DDIM steps t -> t_mid -> t_next land.
+
+    Both networks take the guidance weight w as an input (guidance-distilled, Meng et al. 2023 stage two).
+    t, t_mid, t_next (B,) index alpha_bar; t_next = -1 is the end of sampling (alpha_bar = 1). The target
+    is the x_0 that one DDIM step would need to land on the teacher's z'' (eq. 8 of the paper:
+    (z'' - (sigma''/sigma) z_t) / (alpha'' - (sigma''/sigma) alpha_t)); the loss is the squared error of the
+    student's x_0 weighted by max(SNR, 1) ("truncated SNR", sec. 4), averaged.
+    """
+    ab = torch.cat([alpha_bar, alpha_bar.new_ones(1)])
+    ab_t, ab_mid, ab_next = (ab[s].view(-1, 1, 1, 1) for s in (t, t_mid, t_next))
+    x_t = q_sample(x0, t, alpha_bar, noise)
+    with torch.no_grad():
+        z = ddim_step(x_t, teacher(x_t, t, *cond, w=w).float(), ab_t, ab_mid, 0.0, None)
+        z = ddim_step(z, teacher(z, t_mid, *cond, w=w).float(), ab_mid, ab_next, 0.0, None)
+        ratio = ((1 - ab_next) / (1 - ab_t)).sqrt()  # sigma'' / sigma
+        target = (z - ratio * x_t) / (ab_next.sqrt() - ratio * ab_t.sqrt())
+    eps = student(x_t, t, *cond, w=w).float()
+    x0_pred = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    weight = (ab_t / (1 - ab_t)).clamp(min=1.0)
+    return (weight * (x0_pred - target) ** 2).mean()

@@ -123,8 +123,57 @@ def test_distill_guidance_trains_a_student_that_samples_in_one_pass(digits, tiny
     with cli_error("already a guidance-distilled student"):
         p1_ddpm_train.main(["--data-root", str(digits), "--distill-guidance", str(straight), "--out-dir",
                             str(tmp_path / "again"), *TINY])
-    with cli_error("--distill-guidance starts from the teacher's weights: drop --init-from"):
+    with cli_error("--init-from and --distill-guidance: give one"):
         p1_ddpm_train.parse_args(["--distill-guidance", str(tiny_ckpt), "--init-from", str(tiny_ckpt)])
+
+
+def test_distill_steps_trains_a_student_that_samples_in_half_the_steps(digits, tiny_ckpt, tmp_path, cli_error,
+                                                                       monkeypatch):
+    """--distill-steps: a guidance-distilled teacher's network and config, plus the student's DDIM steps K; each
+    image trains one student step t -> t'' through the teacher's t -> t' -> t'' (T = 50, K = 2: 49 -> 37 -> 24,
+    24 -> 11 -> the end); the weights move, a resumed run continues exactly, the sampler's default is DDIM over
+    K trailing steps, and teachers or flags it cannot use are clear errors."""
+    gd = ["--data-root", str(digits), *TINY]
+    teacher = p1_ddpm_train.main(["--distill-guidance", str(tiny_ckpt), "--w-range", "0", "4", "--steps", "1",
+                                  "--out-dir", str(tmp_path / "gd"), *gd])
+    args = ["--distill-steps", str(teacher), "--student-steps", "2", "--w-range", "1", "3", "--lr", "1e-2", *gd]
+    steps, loss = set(), p1_ddpm_train.step_distillation_loss
+
+    def recording_loss(student, teacher, x0, t, t_mid, t_next, *rest):
+        steps.update(zip(t.tolist(), t_mid.tolist(), t_next.tolist()))
+        return loss(student, teacher, x0, t, t_mid, t_next, *rest)
+
+    with monkeypatch.context() as m:
+        m.setattr(p1_ddpm_train, "step_distillation_loss", recording_loss)
+        straight = p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "straight"), "--steps", "3"])
+    assert steps == {(49, 37, 24), (24, 11, -1)}  # trailing_timesteps(50, 4) = 49, 37, 24, 11
+    p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "resumed"), "--steps", "2"])
+    # resumed: the teacher, K and the w range come from the config
+    p1_ddpm_train.main([*gd, "--lr", "1e-2", "--out-dir", str(tmp_path / "resumed"), "--steps", "3", "--resume"])
+    student, config = load_p1_model(straight)
+    teacher_net, teacher_config = load_p1_model(teacher)
+    assert config["model"] == teacher_config["model"]
+    assert config["distillation"] == {"teacher": str(teacher), "w_range": [1.0, 3.0], "steps": 2}
+    assert any(not torch.equal(v, teacher_net.state_dict()[k]) for k, v in student.state_dict().items())
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["ema"]
+    assert all(torch.equal(resumed[k], v) for k, v in student.state_dict().items())
+    assert p1_ddpm_sample.checkpoint_defaults(config) == p1_ddpm_sample.Settings(sampler="ddim", steps=2)
+    assert p1_ddpm_sample.checkpoint_defaults(teacher_config) == p1_ddpm_sample.DEFAULTS
+    out = tmp_path / "out"
+    p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--per-digit", "1", "--quiet", "--bf16", "off"])
+    images = p1_ddpm_sample.sample(student, config, p1_ddpm_sample.Settings(sampler="ddim", steps=2), per_digit=1)
+    assert np.array_equal(np.asarray(Image.open(out / "svhn" / "3_001.png")), images[1, 3, 0])
+    with cli_error(r"--guidance 4.0: outside 1.0..3.0"):
+        p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--guidance", "4", "--quiet"])
+    errors = [(["--distill-steps", str(tiny_ckpt)], "not a guidance-distilled network"),
+              (["--distill-steps", str(teacher), "--w-range", "1", "5"], "--w-range 1.0 5.0: outside 0.0..4.0"),
+              (["--distill-steps", str(straight), "--student-steps", "2", "--w-range", "1", "3"],
+               "the teacher .* samples in 2 steps; give --student-steps 1")]
+    for i, (flags, message) in enumerate(errors):
+        with cli_error(message):
+            p1_ddpm_train.main([*flags, *gd, "--out-dir", str(tmp_path / f"bad{i}")])
+    with cli_error("--distill-guidance and --distill-steps: give one"):
+        p1_ddpm_train.parse_args(["--distill-guidance", str(tiny_ckpt), "--distill-steps", str(teacher)])
 
 
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
@@ -251,7 +300,7 @@ def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monk
     (["--guidance", "nan"], "argument --guidance: 'nan' is not a finite number"),
     (["--guidance", "-1"], "argument --guidance: -1 is out of range"),
     (["--guidance-interval", "300", "100"], "argument --guidance-interval: LO 300 > HI 100"),
-    (["--eta", "0.5"], "argument --eta: applies to --sampler ddim only \\(got --sampler unipc\\)"),
+    (["--eta", "0.5"], "--eta 0.5: applies to --sampler ddim only \\(this run's sampler: unipc\\)"),
     (["--eta", "2"], "argument --eta: 2 is out of range"),
     (["--seed", "-1"], "argument --seed: -1 is out of range"),
     (["--sampler", "euler"], "argument --sampler: invalid choice"),
@@ -283,7 +332,8 @@ def test_hw2_1_sh_writes_the_graded_layout_with_the_shipped_checkpoint(tmp_path)
         assert sorted(p.name for p in (out / name).iterdir()) == [f"{d}_001.png" for d in range(10)]
     net, config = load_p1_model(p1_ddpm_sample.DEFAULT_CKPT)
     dtype = resolve_dtype("auto", torch.device("cpu"), cpu="bf16")
-    images = p1_ddpm_sample.sample(net, config, p1_ddpm_sample.DEFAULTS, per_digit=1, seed=0, dtype=dtype)
+    images = p1_ddpm_sample.sample(net, config, p1_ddpm_sample.checkpoint_defaults(config), per_digit=1, seed=0,
+                                   dtype=dtype)
     assert np.array_equal(np.asarray(Image.open(out / "svhn" / "7_001.png")), images[1, 7, 0])  # the defaults
     usage = subprocess.run(["bash", str(ROOT / "hw2_1.sh")], check=False, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: bash hw2_1.sh OUT_DIR" in usage.stderr

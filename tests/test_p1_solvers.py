@@ -13,6 +13,7 @@ from models.diffusion import (
     linear_betas,
     q_sample,
     spaced_timesteps,
+    step_distillation_loss,
     trailing_timesteps,
     unipc_sample,
 )
@@ -239,3 +240,41 @@ def test_guidance_distillation_loss_targets_the_teachers_guided_eps():
         assert guidance_distillation_loss(guided, teacher, x0, t, AB.float(), noise, cond, null, w) < 1e-10
         start = guidance_distillation_loss(conditional, teacher, x0, t, AB.float(), noise, cond, null, w)
         assert torch.isclose(start, (w.view(-1, 1, 1, 1) ** 2 * gap ** 2).mean(), rtol=1e-5)
+
+
+def test_step_distillation_loss_targets_the_teachers_two_ddim_steps():
+    """`step_distillation_loss` is zero for a student whose one DDIM step t -> t'' lands where `ddim_sample`
+    with the teacher lands after two, t -> t' -> t'' (the last to alpha_bar = 1): the student's eps is solved
+    here from the one-step DDIM equation, not from the loss's x_0 target (the target of Salimans & Ho's
+    diffusion_distillation code). An error c in that eps costs c^2 max(SNR, 1) / SNR: the x_0 error
+    weighted by max(SNR, 1) (their "snr_trunc")."""
+    teacher = _random_p1_net("context_unet", guidance_embed=True)
+    torch.manual_seed(1)
+    B, ab = 4, AB.float()
+    x0, noise = torch.rand(B, 3, 28, 28) * 2 - 1, torch.randn(B, 3, 28, 28)
+    cond, w = (torch.tensor([1, 4, 7, 9]), torch.tensor([0, 1, 1, 0])), torch.tensor([0.0, 1.0, 2.5, 4.0])
+    t, t_mid = torch.tensor([499, 249, 99, 49]), torch.tensor([374, 124, 74, 24])
+    t_next = torch.tensor([249, -1, 49, -1])  # -1: the end, alpha_bar = 1
+    ab_next = [ab[n].item() if n >= 0 else 1.0 for n in t_next.tolist()]
+
+    def one_step_student(c):
+        def student(x, ts, digit, dset, w):
+            eps = []
+            for i in range(B):  # eps with ab'^0.5 (x - (1 - ab)^0.5 eps) / ab^0.5 + (1 - ab')^0.5 eps = z''
+                one = slice(i, i + 1)
+                z = ddim_sample(lambda xx, tt: teacher(xx, tt, digit[one], dset[one], w=w[one]), x[one], ab,
+                                timesteps=[int(ts[i]), int(t_mid[i])], final_alpha_bar=ab_next[i])
+                a, a2 = ab[ts[i]].item(), ab_next[i]
+                eps.append((z - (a2 / a) ** 0.5 * x[one]) / ((1 - a2) ** 0.5 - (a2 * (1 - a) / a) ** 0.5))
+            return torch.cat(eps) + c.view(-1, 1, 1, 1)
+        return student
+
+    with torch.no_grad():
+        assert step_distillation_loss(one_step_student(torch.zeros(B)), teacher, x0, t, t_mid, t_next, ab, noise,
+                                      cond, w) < 1e-9
+        c = torch.tensor([0.01, 0.02, 0.03, 0.04])
+        snr = ab[t] / (1 - ab[t])
+        assert snr[0] < 1 < snr[3]  # both sides of the truncation
+        loss = step_distillation_loss(one_step_student(c), teacher, x0, t, t_mid, t_next, ab, noise, cond, w)
+        assert torch.isclose(loss, (c ** 2 * snr.clamp(min=1) / snr).mean(), rtol=1e-3)
+        assert step_distillation_loss(teacher, teacher, x0, t, t_mid, t_next, ab, noise, cond, w) > 1e-3
