@@ -236,7 +236,8 @@ def main(argv=None):
                     progress=not args.quiet)
     reverse = (reverse_process(net, config, settings, seed=args.seed, dtype=dtype, device=device,
                                progress=not args.quiet) if args.reverse_process else None)
-    caption = f"{settings.sampler}, {settings.steps} steps, w={settings.guidance}" if args.grid else None
+    steps = f"{settings.steps} step{'s' if settings.steps > 1 else ''}"
+    caption = f"{settings.sampler}, {steps}, w={settings.guidance}" if args.grid else None
     write_outputs(args.out_dir, config["datasets"], images, grid_caption=caption, reverse=reverse)
     print(f"wrote {images.shape[0] * images.shape[1] * images.shape[2]} images to {args.out_dir}")
     return args.out_dir
