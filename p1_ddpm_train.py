@@ -249,6 +249,7 @@ def _train(args, accelerator, dtype) -> Path:
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}
     state = init = None
+    start_from = args.init_from or args.distill_guidance or args.distill_steps  # at most one (parse_args)
     if last is not None:
         state = load_checkpoint(last, required=("config", "model", "ema", "optimizer", "step"),
                                 what="training checkpoint")
@@ -258,8 +259,7 @@ def _train(args, accelerator, dtype) -> Path:
             note = resume_note(config.get("training"), accelerator, args.batch_size)
             if note:
                 print(note)
-    elif args.init_from is not None or args.distill_guidance is not None or args.distill_steps is not None:
-        start_from = args.init_from or args.distill_guidance or args.distill_steps
+    elif start_from is not None:
         init_net, config = load_p1_model(start_from)
         init = init_net.state_dict()
         config = distillation_config(args, config)

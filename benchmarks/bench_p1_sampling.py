@@ -65,11 +65,12 @@ def gflop_per_image(net, config: dict, settings: Settings = DEFAULTS) -> float:
     return sum(gflop(model, x, torch.tensor([t])) for t in settings.timesteps(config["schedule"]["num_steps"]))
 
 
-def time_graded(net, config, per_digit: int, dtype: torch.dtype, keep: Path | None) -> tuple[float, float]:
-    """(seconds sampling, seconds sampling and writing) of the graded run with hw2_1.sh's settings."""
+def time_graded(net, config, settings: Settings, per_digit: int, dtype: torch.dtype,
+                keep: Path | None) -> tuple[float, float]:
+    """(seconds sampling, seconds sampling and writing) of the graded run with `settings` (hw2_1.sh's)."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        images = sample(net, config, checkpoint_defaults(config), per_digit=per_digit, seed=0, dtype=dtype)
+        images = sample(net, config, settings, per_digit=per_digit, seed=0, dtype=dtype)
         sampled = time.perf_counter() - start
         write_outputs(keep or Path(tmp), config["datasets"], images)
         return sampled, time.perf_counter() - start
@@ -92,7 +93,7 @@ def main(argv=None):
     rows = []
     for name in dtypes:
         dtype = torch.bfloat16 if name == "bf16" else torch.float32
-        sampled, total = time_graded(net, config, args.per_digit, dtype, args.keep and args.keep / name)
+        sampled, total = time_graded(net, config, settings, args.per_digit, dtype, args.keep and args.keep / name)
         units.append(time_unit(classic))
         unit = (units[-2] + units[-1]) / 2
         rows.append({"dtype": name, "unit_s": unit, "graded_s": total, "sampling_s": sampled,
