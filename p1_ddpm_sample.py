@@ -7,11 +7,13 @@ per data set, a "0" at t = 500, 320, 200, 120, 40, 1 of the ancestral DDPM sampl
 A rerun replaces the earlier output whole: the images are written into temporary folders that
 replace mnistm/ and svhn/ only once every image is written. The sampler, steps and grid default to
 the checkpoint's own: UniPC 5 (trailing), or DDIM over the K trailing steps a step-distilled student
-(`p1_ddpm_train.py --distill-steps`) was trained for.
+(`p1_ddpm_train.py --distill-steps`) was trained for. OUT_DIR/sampling.json records the settings used
+(the report's captions read it).
 """
 import argparse
+import json
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,7 +41,7 @@ from utils.cli import (
 )
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, save_png, to_uint8
-from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
+from utils.runtime import DTYPES, add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 PROG = "p1_ddpm_sample.py"
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
@@ -239,6 +241,11 @@ def main(argv=None):
     steps = f"{settings.steps} step{'s' if settings.steps > 1 else ''}"
     caption = f"{settings.sampler}, {steps}, w={settings.guidance}" if args.grid else None
     write_outputs(args.out_dir, config["datasets"], images, grid_caption=caption, reverse=reverse)
+    record = {"ckpt": str(args.ckpt), **asdict(settings), "timesteps": settings.timesteps(T), "seed": args.seed,
+              "per_digit": args.per_digit, "dtype": next(k for k, v in DTYPES.items() if v == dtype),
+              "device": str(device)}
+    with staged_file(args.out_dir / "sampling.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     print(f"wrote {images.shape[0] * images.shape[1] * images.shape[2]} images to {args.out_dir}")
     return args.out_dir
 

@@ -23,9 +23,9 @@ RUN=${HW2_RUN:-runs/train}
 MNISTM_JUDGE=${HW2_MNISTM_CLASSIFIER:-Classifier.pth}
 PER_DIGIT=${HW2_PER_DIGIT:-50}
 
-# sampling settings: passed to the programs below and recorded in OUT/run_info.json for the report
-P1_CKPT=checkpoints/p1_ddpm.pt SVHN_JUDGE=checkpoints/svhn_classifier.pt
-P1_SAMPLER=unipc P1_STEPS=5 P1_SPACING=trailing P1_GUIDANCE=3 P1_SEED=0  # hw2_1.sh's defaults
+# sampling settings: passed to the programs below and recorded in OUT/run_info.json for the report; P1
+# samples with the checkpoint's own defaults (p1_ddpm_sample.py), as hw2_1.sh does, and records them in OUT/p1/sampling.json
+P1_CKPT=checkpoints/p1_ddpm.pt SVHN_JUDGE=checkpoints/svhn_classifier.pt P1_SEED=0
 P2_STEPS=50 P2_SEED=0
 TI_EMBEDS=checkpoints/p3_textual_inversion TI_RUN=runs/p3_textual_inversion
 TI_SAMPLER=dpm++ TI_STEPS=30 TI_GUIDANCE=7.5 TI_SEED=0
@@ -40,8 +40,7 @@ if [ "$TRAIN" = 1 ]; then
     # shellcheck disable=SC2086
     $PY p1_svhn_classifier_train.py --data-root "$DATA/digits" --out "$SVHN_JUDGE" ${HW2_JUDGE_FLAGS:-}
     if [ -f "$MNISTM_JUDGE" ]; then  # the accuracy curve needs the course's MNIST-M classifier
-        $PY benchmarks/bench_p1_quality.py --ckpt "$RUN"/p1/model_*.pt --sampler "$P1_SAMPLER" --steps "$P1_STEPS" \
-            --spacing "$P1_SPACING" --guidance "$P1_GUIDANCE" --per-digit "${HW2_CURVE_PER_DIGIT:-20}" \
+        $PY benchmarks/bench_p1_quality.py --ckpt "$RUN"/p1/model_*.pt --per-digit "${HW2_CURVE_PER_DIGIT:-20}" \
             --mnistm-classifier "$MNISTM_JUDGE" --svhn-classifier "$SVHN_JUDGE" --out "$RUN/p1/accuracy.json"
     else
         echo "run_all.sh: no accuracy curve: $MNISTM_JUDGE (the course's MNIST-M classifier) is missing"
@@ -51,8 +50,8 @@ mkdir -p "$OUT"
 cat > "$OUT/run_info.json" <<EOF
 {
   "trained": $([ "$TRAIN" = 1 ] && echo true || echo false),
-  "p1": {"ckpt": "$P1_CKPT", "sampler": "$P1_SAMPLER", "steps": $P1_STEPS, "spacing": "$P1_SPACING", "guidance": $P1_GUIDANCE,
-         "seed": $P1_SEED, "per_digit": $PER_DIGIT, "mnistm_classifier": "$MNISTM_JUDGE", "svhn_classifier": "$SVHN_JUDGE"},
+  "p1": {"ckpt": "$P1_CKPT", "seed": $P1_SEED, "per_digit": $PER_DIGIT, "mnistm_classifier": "$MNISTM_JUDGE",
+         "svhn_classifier": "$SVHN_JUDGE"},
   "p2": {"unet": "$DATA/face/UNet.pt", "steps": $P2_STEPS, "seed": $P2_SEED, "dtype": "fp32"},
   "p3_clip": {"val_dir": "$DATA/clip_zeroshot/val"},
   "p3_ti": {"model": "$DATA/sd-v1-4.ckpt", "embeds_dir": "$TI_EMBEDS", "input_json": "$DATA/textual_inversion/input.json",
@@ -61,8 +60,7 @@ cat > "$OUT/run_info.json" <<EOF
 EOF
 
 # P1: the 1,000 graded images, both grids and the reverse-process figure, then their scores
-$PY p1_ddpm_sample.py "$OUT/p1" --ckpt "$P1_CKPT" --sampler "$P1_SAMPLER" --steps "$P1_STEPS" --spacing "$P1_SPACING" \
-    --guidance "$P1_GUIDANCE" --seed "$P1_SEED" --per-digit "$PER_DIGIT" --grid --reverse-process
+$PY p1_ddpm_sample.py "$OUT/p1" --ckpt "$P1_CKPT" --seed "$P1_SEED" --per-digit "$PER_DIGIT" --grid --reverse-process
 $PY p1_ddpm_eval.py "$OUT/p1" --mnistm-classifier "$MNISTM_JUDGE" --svhn-classifier "$SVHN_JUDGE" --skip-missing
 
 # P2: DDIM faces from the course's noise files, MSE against ground truth, eta sweep, slerp/lerp

@@ -163,6 +163,8 @@ def test_distill_steps_trains_a_student_that_samples_in_half_the_steps(digits, t
     p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--per-digit", "1", "--quiet", "--bf16", "off"])
     images = p1_ddpm_sample.sample(student, config, p1_ddpm_sample.Settings(sampler="ddim", steps=2), per_digit=1)
     assert np.array_equal(np.asarray(Image.open(out / "svhn" / "3_001.png")), images[1, 3, 0])
+    used = json.loads((out / "sampling.json").read_text())  # what the sampler records for the report
+    assert (used["ckpt"], used["sampler"], used["steps"], used["timesteps"]) == (str(straight), "ddim", 2, [49, 24])
     with cli_error(r"--guidance 4.0: outside 1.0..3.0"):
         p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--guidance", "4", "--quiet"])
     errors = [(["--distill-steps", str(tiny_ckpt)], "not a guidance-distilled network"),
@@ -195,7 +197,7 @@ def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path, monkeypatch):
     real_sample = p1_ddpm_sample.sample
     monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: returned.append(real_sample(*a, **k)) or returned[0])
     p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--grid", "--quiet"])
-    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "svhn"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json", "svhn"]
     images = returned[0]
     title = "{}: rows digits 0-9, columns samples 1-10 (unipc, 2 steps, w=3.0)"
     for s, name in enumerate(("mnistm", "svhn")):
@@ -280,16 +282,20 @@ def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monk
     monkeypatch.setattr(p1_ddpm_sample, "save_png", save_then_fail)
     with pytest.raises(KeyboardInterrupt):
         p1_ddpm_sample.main([*base, "--per-digit", "3", "--seed", "1"])
-    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "svhn"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json",
+                                                     "svhn"]
+    assert json.loads((out / "sampling.json").read_text())["seed"] == 0  # still the record of the images kept
     for name in ("mnistm", "svhn"):  # every earlier image still there, unchanged; nothing new
         after = _read(out / name)
         assert after.keys() == before[name].keys()
         assert all(np.array_equal(after[f], before[name][f]) for f in after)
     monkeypatch.setattr(p1_ddpm_sample, "save_png", real_save)
     p1_ddpm_sample.main([*base, "--per-digit", "1", "--seed", "1"])  # fewer images, no grid this time
-    assert sorted(p.name for p in out.iterdir()) == ["mnistm", "svhn"]
+    assert sorted(p.name for p in out.iterdir()) == ["mnistm", "sampling.json", "svhn"]
     for name in ("mnistm", "svhn"):
         assert sorted(_read(out / name)) == [f"{d}_001.png" for d in range(10)]
+    assert {k: v for k, v in json.loads((out / "sampling.json").read_text()).items() if k in ("seed", "per_digit")} \
+        == {"seed": 1, "per_digit": 1}
 
 
 @pytest.mark.parametrize("flags, message", [

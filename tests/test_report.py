@@ -42,7 +42,7 @@ def outputs(shared, tmp_path_factory):
     ckpt = p1_ddpm_train.main(["--data-root", str(shared / "hw2_data/digits"), "--out-dir", str(run), "--steps", "2",
                                *TINY_P1])
     p1_ddpm_sample.main([str(out / "p1"), "--ckpt", str(ckpt), "--steps", "5", "--per-digit", "3", "--grid",
-                         "--reverse-process", "--quiet"])
+                         "--reverse-process", "--quiet", "--bf16", "off"])
     p1_ddpm_eval.main([str(out / "p1"), "--mnistm-classifier", str(shared / "grader/Classifier.pth"),
                        "--svhn-classifier", str(ROOT / "checkpoints/svhn_classifier.pt")])
     # P2: a random width-32 face UNet on four 32x32 noises against random ground truth
@@ -140,6 +140,10 @@ def test_every_number_equals_the_json_it_comes_from(outputs, shared):
         assert [close(c, p1[name]["per_digit"][str(d)], 4) for d, c in enumerate(row[4:])] == [True] * 10
     mean = re.search(r"Mean accuracy over the data sets: \*\*([\d.]+)\*\*", text).group(1)
     assert close(mean, p1["mean"], 4)
+    # captions give the settings p1_ddpm_sample.py recorded (unipc, 5 steps, w = 3), over run_info.json's (ddim, w = 4)
+    used = json.loads((out / "p1/sampling.json").read_text())
+    assert (used["sampler"], used["steps"], used["guidance"], used["dtype"]) == ("unipc", 5, 3.0, "fp32")
+    assert "sampler unipc, steps 5, guidance w 3.00, seed 0, precision fp32" in section(text, "Problem 1")
 
     mse = json.loads((out / "p2/mse.json").read_text())
     rows = table_rows(section(text, "Problem 2"), "image")
@@ -170,7 +174,7 @@ def test_every_number_equals_the_json_it_comes_from(outputs, shared):
     assert [r[2] for r in rows] == [f"`{prompts[s['concept']]['prompt'][s['prompt']]}`" for s in scores]
 
     # and no decimal number anywhere that is not (a rounding of) a number of one of the JSON files
-    sources = [out / "p1/eval.json", out / "p2/mse.json", out / "p3_clip/results.json", out / "p3_ti_scores.json",
+    sources = [out / "p1/eval.json", out / "p1/sampling.json", out / "p2/mse.json", out / "p3_clip/results.json", out / "p3_ti_scores.json",
                out / "run_info.json"]
     known = [x for path in sources for x in json_numbers(json.loads(path.read_text()))]
     prose = re.sub(r"`[^`]*`|\]\([^)]*\)", "", text)  # paths and link targets are not numbers

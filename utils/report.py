@@ -6,7 +6,7 @@ to put where and the command that makes it; the other sections are still written
 
 Inputs, relative to OUTPUTS_DIR (the layout `run_all.sh` writes):
   run_info.json             the flags run_all.sh used (checkpoints, samplers, steps, guidance, seeds)
-  p1/grid_*.png, p1/reverse_process_*.png, p1/eval.json         (p1_ddpm_sample.py, p1_ddpm_eval.py)
+  p1/grid_*.png, p1/reverse_process_*.png, p1/sampling.json, p1/eval.json (p1_ddpm_sample.py, p1_ddpm_eval.py)
   p2/NN.png, p2/mse.json, p2/eta_sweep.png, p2/interpolation.png (p2_ddim.py)
   p3_clip/results.json, p3_clip/cases.png                       (p3_clip_zeroshot.py)
   p3_ti/, p3_ti_scores.json, p3_multi_concept.png               (p3_textual_inversion.py)
@@ -196,9 +196,10 @@ class Report:
         self.add(f"> **Not available yet.** {what} To make it, run:", ">", "> ```bash",
                  *[f"> {line}" for line in command.splitlines()], "> ```", "")
 
-    def settings(self, section: str, keys: tuple[str, ...]) -> str:
-        """'checkpoint X, sampler Y, ...' from run_info.json's `section`, or what to do to record them."""
-        values = self.info.get(section) or {}
+    def settings(self, section: str, keys: tuple[str, ...], recorded: dict | None = None) -> str:
+        """'checkpoint X, sampler Y, ...' from run_info.json's `section`, overridden by what the program
+        `recorded` it used, or what to do to record them."""
+        values = {**(self.info.get(section) or {}), **(recorded or {})}
         names = {"ckpt": "checkpoint", "unet": "UNet", "model": "model", "embeds_dir": "embeddings",
                  "sampler": "sampler", "steps": "steps", "guidance": "guidance w", "eta": "eta", "seed": "seed",
                  "dtype": "precision"}
@@ -215,7 +216,8 @@ class Report:
 # ---------------------------------------------------------------------------------------- sections
 def p1_section(r: Report, run_dir: Path | None) -> None:
     p1 = r.out / "p1"
-    made = r.settings("p1", ("ckpt", "sampler", "steps", "guidance", "seed"))
+    used = read_json(p1 / "sampling.json")  # what p1_ddpm_sample.py sampled with
+    made = r.settings("p1", ("ckpt", "sampler", "steps", "guidance", "seed", "dtype"), used)
     sample_cmd = f"python p1_ddpm_sample.py {r.shown(p1)} --ckpt checkpoints/p1_ddpm.pt --grid --reverse-process"
     r.add("## Problem 1: conditional DDPM on MNIST-M and SVHN", "")
 
@@ -223,7 +225,7 @@ def p1_section(r: Report, run_dir: Path | None) -> None:
     r.figures([(p1 / f"grid_{name}.png", (f"{label}: rows digits 0-9, columns the first 10 samples of each digit; "
                                          f"{made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
     r.add("### Reverse process of a \"0\"", "")
-    reverse_made = r.settings("p1", ("ckpt", "guidance", "seed"))
+    reverse_made = r.settings("p1", ("ckpt", "guidance", "seed", "dtype"), used)
     r.figures([(p1 / f"reverse_process_{name}.png",
                 (f"{label}: a \"0\" through the ancestral DDPM sampler over all T steps (whatever sampler made the "
                  f"graded images), at t = {REVERSE_T} (each column labelled with its t, scaled to the model's T); "
