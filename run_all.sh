@@ -24,7 +24,7 @@ MNISTM_JUDGE=${HW2_MNISTM_CLASSIFIER:-Classifier.pth}
 PER_DIGIT=${HW2_PER_DIGIT:-50}
 
 # sampling settings: passed to the programs below and recorded in OUT/run_info.json for the report; P1
-# samples with the checkpoint's own defaults (p1_ddpm_sample.py), as hw2_1.sh does, and records them in OUT/p1/sampling.json
+# samples with the checkpoint's own defaults, as hw2_1.sh does, and records them in OUT/p1/sampling.json
 P1_CKPT=checkpoints/p1_ddpm.pt SVHN_JUDGE=checkpoints/svhn_classifier.pt P1_SEED=0
 P2_STEPS=50 P2_SEED=0
 TI_EMBEDS=checkpoints/p3_textual_inversion TI_RUN=runs/p3_textual_inversion

@@ -197,7 +197,8 @@ def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path, monkeypatch):
     real_sample = p1_ddpm_sample.sample
     monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: returned.append(real_sample(*a, **k)) or returned[0])
     p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--grid", "--quiet"])
-    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json", "svhn"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json",
+                                                     "svhn"]
     images = returned[0]
     title = "{}: rows digits 0-9, columns samples 1-10 (unipc, 2 steps, w=3.0)"
     for s, name in enumerate(("mnistm", "svhn")):

@@ -174,8 +174,8 @@ def test_every_number_equals_the_json_it_comes_from(outputs, shared):
     assert [r[2] for r in rows] == [f"`{prompts[s['concept']]['prompt'][s['prompt']]}`" for s in scores]
 
     # and no decimal number anywhere that is not (a rounding of) a number of one of the JSON files
-    sources = [out / "p1/eval.json", out / "p1/sampling.json", out / "p2/mse.json", out / "p3_clip/results.json", out / "p3_ti_scores.json",
-               out / "run_info.json"]
+    sources = [out / "p1/eval.json", out / "p1/sampling.json", out / "p2/mse.json", out / "p3_clip/results.json",
+               out / "p3_ti_scores.json", out / "run_info.json"]
     known = [x for path in sources for x in json_numbers(json.loads(path.read_text()))]
     prose = re.sub(r"`[^`]*`|\]\([^)]*\)", "", text)  # paths and link targets are not numbers
     for number in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose):

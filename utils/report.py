@@ -435,7 +435,8 @@ def build(out_dir: Path, files_dir: Path, run_dir: Path | None = None, ti_run_di
           f"Assembled by `report.py` from the outputs in `{r.shown(out_dir)}`: every number below is read from "
           "the JSON file named beside it, every figure is a file the programs wrote. "
           + (f"Sampling settings from `{r.shown(info_path)}` (written by run_all.sh"
-             + (", with --train: the models were trained in this run)." if info and info.get("trained") else ").")
+             + (", with --train: the models were trained in this run)" if info and info.get("trained") else ")")
+             + ", and for P1 from `p1/sampling.json` (written by p1_ddpm_sample.py)."
              if info else f"`{r.shown(info_path)}` is missing, so captions give only what the outputs' JSON "
                           "records (bash run_all.sh writes it)."), "")
     p1_section(r, run_dir)
