@@ -49,6 +49,10 @@ def test_cli_errors_name_the_problem(tiny_root, tmp_path, cli_error):
     with cli_error() as exc:
         main(["unpack", str(tmp_path / "empty"), str(tmp_path / "back")])
     assert "no pack.json" in exc.message
+    (tmp_path / "empty" / "pack.json").write_text('{"tiles": 4, "image_size": 28, "splits": {"svhn": 30}}')
+    with cli_error() as exc:
+        main(["unpack", str(tmp_path / "empty"), str(tmp_path / "back")])
+    assert "pack.json: malformed manifest" in exc.message and not (tmp_path / "back").exists()
     (tiny_root / "svhn" / "data" / "00003.png").write_bytes(b"broken")
     with cli_error() as exc:
         main(["pack", str(tiny_root), str(tmp_path / "pack")])

@@ -31,6 +31,10 @@ def mosaic_name(dataset: str, split: str, k: int) -> str:
     return f"{dataset}_{split}_{k:03d}.webp"
 
 
+def csv_name(dataset: str, split: str) -> str:
+    return f"{dataset}_{split}.csv"
+
+
 def pack(root: Path, out: Path, datasets=DATASETS, splits=("train",), tiles: int = 32,
          part_mib: float | None = None, method: int = 4) -> list[Path]:
     """Write `out/[partN/]`: the manifest, each split's csv and its mosaics (`tiles` x `tiles` images,
@@ -54,21 +58,20 @@ def pack(root: Path, out: Path, datasets=DATASETS, splits=("train",), tiles: int
 def _write(root: Path, staging: Path, datasets, splits, tiles: int, method: int) -> list[Path]:
     files = []
     manifest = {"image_size": IMAGE_SIZE, "tiles": tiles, "splits": {}}
-    per = tiles * tiles
+    per, side = tiles * tiles, tiles * IMAGE_SIZE
     for dataset in datasets:
         for split in splits:
             rows = read_split_csv(Path(root) / dataset / f"{split}.csv")
             images, _ = load_split(root, dataset, split)  # (N, 3, 28, 28) uint8: what training sees
             images = images.permute(0, 2, 3, 1).numpy()
             manifest["splits"][f"{dataset}/{split}"] = len(rows)
-            csv = staging / f"{dataset}_{split}.csv"
+            csv = staging / csv_name(dataset, split)
             csv.write_text("image_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in rows))
             files.append(csv)
             for k in tqdm(range(math.ceil(len(rows) / per)), desc=f"pack {dataset}/{split}"):
                 tile = np.zeros((per, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
                 chunk = images[k * per:(k + 1) * per]
                 tile[:len(chunk)] = chunk
-                side = tiles * IMAGE_SIZE
                 grid = tile.reshape(tiles, tiles, IMAGE_SIZE, IMAGE_SIZE, 3).transpose(0, 2, 1, 3, 4)
                 path = staging / mosaic_name(dataset, split, k)
                 Image.fromarray(grid.reshape(side, side, 3)).save(path, "WEBP", lossless=True, quality=100,
@@ -103,29 +106,32 @@ def unpack(src: Path, root: Path) -> dict[str, int]:
                         f"`python -m utils.digits_pack pack`?)")
     try:
         manifest = json.loads(found[MANIFEST].read_text())
-        tiles, size, splits = manifest["tiles"], manifest["image_size"], manifest["splits"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        tiles, size = manifest["tiles"], manifest["image_size"]
+        splits = []  # (dataset, split, images)
+        for key, n in manifest["splits"].items():
+            dataset, split = key.split("/")  # ValueError unless "dataset/split"
+            splits.append((dataset, split, n))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise UserError(f"{found[MANIFEST]}: malformed manifest ({type(e).__name__}: {e})") from None
     per, side = tiles * tiles, tiles * size
     # check that every part is here before anything is written
-    needed = {key: [mosaic_name(*key.split("/"), k) for k in range(math.ceil(n / per))] for key, n in splits.items()}
-    missing = [name for key in splits for name in [key.replace("/", "_") + ".csv"] + needed[key] if name not in found]
+    needed = {(d, s): [csv_name(d, s)] + [mosaic_name(d, s, k) for k in range(math.ceil(n / per))] for d, s, n in splits}
+    missing = [name for names in needed.values() for name in names if name not in found]
     if missing:
         raise UserError(f"{src}: the pack is incomplete, {len(missing)} files missing (first: {missing[0]}); "
                         f"unpack all its parts together")
-    for key in splits:
-        dataset, split = key.split("/")
+    for dataset, split, _ in splits:
         if (Path(root) / dataset / f"{split}.csv").exists():
             raise UserError(f"{Path(root) / dataset / f'{split}.csv'} already exists; unpack into a new folder")
-    for key, n in splits.items():
-        dataset, split = key.split("/")
-        csv = found[f"{dataset}_{split}.csv"]
+    for dataset, split, n in splits:
+        csv_file, *mosaics = needed[dataset, split]
+        csv = found[csv_file]
         rows = read_split_csv(csv)
         if len(rows) != n:
             raise UserError(f"{csv}: {len(rows)} rows, the manifest says {n}")
         data = Path(root) / dataset / "data"
         data.mkdir(parents=True, exist_ok=True)
-        for k, name in enumerate(tqdm(needed[key], desc=f"unpack {key}")):
+        for k, name in enumerate(tqdm(mosaics, desc=f"unpack {dataset}/{split}")):
             grid = np.asarray(load_rgb(found[name]))
             if grid.shape != (side, side, 3):
                 raise UserError(f"{found[name]}: mosaic is {grid.shape[1]}x{grid.shape[0]}, expected {side}x{side}")
@@ -133,7 +139,7 @@ def unpack(src: Path, root: Path) -> dict[str, int]:
             for (image, _), array in zip(rows[k * per:(k + 1) * per], tile):
                 Image.fromarray(array).save(data / image, compress_level=1)
         (Path(root) / dataset / f"{split}.csv").write_bytes(csv.read_bytes())  # last: a csv means complete
-    return dict(splits)
+    return {f"{dataset}/{split}": n for dataset, split, n in splits}
 
 
 def parse_args(argv=None):
