@@ -50,3 +50,28 @@ def tiny_sd(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_sd")
     pipe.save_pretrained(folder)
     return folder, pipe
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected
+def pytest_collection_modifyitems(config, items):
+    """Under run_tests.sh's pytest-xdist (`--dist worksteal`), start the tests marked `heavy` first.
+
+    worksteal hands worker k the k-th contiguous share of the collection and lets an idle worker take
+    the end of a busy one's queue, so a long test late in the collection runs last and alone: the
+    three heavy tests (30-50 s each, 40% of the suite's time on 2 cores) sat at its end and left one of the
+    two workers idle for the last 30 s. Here each share starts with heavy tests (dealt out in turn)
+    and the light ones fill and end it, where stealing evens the two workers out.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    if workers < 2 or not heavy:
+        return
+    light = [item for item in items if not item.get_closest_marker("heavy")]
+    order, left = [], len(items)
+    for k in range(workers):
+        size = left // (workers - k)  # what worksteal sends worker k: an equal split of what is left
+        share = heavy[k::workers]
+        take = max(size - len(share), 0)
+        order += share + light[:take]
+        light, left = light[take:], left - size
+    items[:] = order + light

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import p1_ddpm_train
@@ -48,6 +49,7 @@ def loss_invariant(config: dict) -> set[str]:
     return {name for name, p in net.named_parameters() if p.grad.abs().max() < 1e-5 * largest}
 
 
+@pytest.mark.heavy
 def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monkeypatch):
     digits = shared / "hw2_data" / "digits"
     two = tmp_path / "two"
@@ -104,6 +106,7 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
     assert any(not torch.allclose(start[k], v) for k, v in at3["ema"].items())
 
 
+@pytest.mark.heavy
 def test_textual_inversion_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monkeypatch):
     import p3_textual_inversion as p3
     from models.sd_loading import random_pipeline
