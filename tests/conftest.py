@@ -57,10 +57,10 @@ def pytest_collection_modifyitems(config, items):
     """Under run_tests.sh's pytest-xdist (`--dist worksteal`), start the tests marked `heavy` first.
 
     worksteal hands worker k the k-th contiguous share of the collection and lets an idle worker take
-    the end of a busy one's queue, so a long test late in the collection runs last and alone: the
-    three heavy tests (30-50 s each, 40% of the suite's time on 2 cores) sat at its end and left one of the
-    two workers idle for the last 30 s. Here each share starts with heavy tests (dealt out in turn)
-    and the light ones fill and end it, where stealing evens the two workers out.
+    the end of a busy one's queue, so a long test at the end of the collection runs last and alone.
+    The heavy ones (30-50 s each, 40% of the suite's time on 2 cores) used to sit there and leave one
+    of the two workers idle for the last 30 s. Here each share starts with heavy tests, dealt out in
+    turn, and light ones fill and end it, where stealing evens the workers out.
     """
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
     heavy = [item for item in items if item.get_closest_marker("heavy")]
