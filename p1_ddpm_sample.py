@@ -155,6 +155,10 @@ def sample(net, config: dict, settings: Settings = DEFAULTS, *, per_digit: int =
     kwargs = {"ddpm": {"generator": gen}, "ddim": {"generator": gen, "eta": settings.eta}}.get(settings.sampler, {})
     x0 = SAMPLERS[settings.sampler](model, x_T.to(device), alpha_bar, timesteps=settings.timesteps(T),
                                     progress=progress, **kwargs)
+    bad = int((~torch.isfinite(x0.flatten(1)).all(1)).sum())
+    if bad:  # they would be written as black or white images
+        raise UserError(f"sampling gave NaN or inf in {bad} of {len(x0)} images ({settings.sampler}, "
+                        f"{settings.steps} steps, guidance {settings.guidance:g}); check --guidance and the checkpoint")
     return to_uint8(x0).reshape(len(datasets), 10, n, 28, 28, 3)
 
 
@@ -217,7 +221,7 @@ def main(argv=None):
     try:
         net, config = load_p1_model(args.ckpt)
     except UserError as e:
-        raise UserError(f"{e}\n(train one with p1_ddpm_train.py, or pass --ckpt PATH)") from None
+        raise UserError(f"{e}; train one with p1_ddpm_train.py, or pass --ckpt PATH") from None
     lo, hi = config.get("distillation", {}).get("w_range", (0, float("inf")))
     if not lo <= args.guidance <= hi:
         raise UserError(f"--guidance {args.guidance}: outside {lo}..{hi}, the range of w this guidance-distilled "

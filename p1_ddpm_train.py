@@ -51,6 +51,9 @@ from utils.training import (
 )
 
 PROG = "p1_ddpm_train.py"
+# the flags a checkpoint's config records: a resumed run keeps the checkpoint's values, and refuses one given
+# explicitly that differs (one left at its default takes the checkpoint's without complaint)
+CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "num_timesteps", "beta_start", "beta_end", "p_uncond")
 
 
 def parse_args(argv=None):
@@ -59,7 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--data-root", type=Path, default=Path("hw2_data/digits"),
                    help="folder holding mnistm/ and svhn/ in the course layout (data/*.png + train.csv)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/p1"),
-                   help="where last.pt, model.pt and train_log.jsonl go; must not hold a run unless --resume")
+                   help="where last.pt, model.pt and train_log.jsonl go; must not hold a run unless --resume "
+                        "(which needs its last.pt)")
     p.add_argument("--steps", type=positive_int, default=10000,
                    help="total optimisation steps (the defaults are the shipped checkpoint's recipe: about 6 minutes "
                         "on one H100; on a CPU see the README's smaller recipe)")
@@ -75,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--n-feat", type=positive_int, default=None,
                    help="network width: n_feat of the ContextUnet, or the channels at 28x28 of the channel_mult_unet "
                         "(None: 128 and 64 respectively)")
-    p.add_argument("--channel-mult", type=channel_mult, default="1,2,4",
+    p.add_argument("--channel-mult", type=channel_mult, default=(1, 2, 4),
                    help="channel_mult_unet only: multipliers of --n-feat at 28x28, 14x14 and 7x7, comma-separated")
     p.add_argument("--num-timesteps", type=positive_int, default=500, help="diffusion steps T (linear betas)")
     p.add_argument("--beta-start", type=positive_float, default=1e-4, help="first beta of the linear schedule")
@@ -94,7 +98,9 @@ def parse_args(argv=None):
                    help="every N steps: the mean loss since the last log to the progress bar and a line of "
                         "OUT_DIR/train_log.jsonl (the loss stays on the device in between)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT_DIR/last.pt if it exists, else start a fresh run there")
+                   help="continue from OUT_DIR/last.pt if it exists, else start a fresh run there (refused if OUT_DIR "
+                        "holds a model.pt but no last.pt); the network and schedule flags are the checkpoint's, and "
+                        "one given that differs is an error")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the weights of a P1 sampling checkpoint (e.g. checkpoints/p1_ddpm.pt; its "
                         "config wins) with a fresh optimizer and schedule; ignored when --resume finds last.pt")
@@ -121,7 +127,11 @@ def parse_args(argv=None):
                                                                       "(default: torch's choice)")
     add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: about 2x faster there), "
                            "fp32 otherwise", bf16_alias=True)
-    args = p.parse_args(argv)
+    unset = object()  # a flag still unset after parsing was not given: it may take a resumed checkpoint's value
+    args = p.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(CONFIG_FLAGS, unset)))
+    args.given = {k for k in CONFIG_FLAGS if getattr(args, k) is not unset}
+    for k in set(CONFIG_FLAGS) - args.given:
+        setattr(args, k, p.get_default(k))
     if args.n_feat is None:
         args.n_feat = 128 if args.arch == "context_unet" else 64
     if not args.beta_start <= args.beta_end < 1:
@@ -185,12 +195,30 @@ def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
     check_writable_dir(out_dir, "--out-dir")
     last = out_dir / "last.pt"
     if resume:
+        if not last.exists() and (out_dir / "model.pt").exists():
+            raise UserError(f"--out-dir {out_dir}: --resume, but there is no last.pt to resume from (only model.pt, "
+                            "which a fresh run would overwrite); choose another --out-dir")
         return last if last.exists() else None
     earlier = [p.name for p in (last, out_dir / "model.pt") if p.exists()]
     if earlier:
         raise UserError(f"--out-dir {out_dir}: already holds a run ({', '.join(earlier)}); add --resume to "
                         "continue it, or choose another --out-dir")
     return None
+
+
+def check_resumed_flags(args, config: dict, last: Path) -> None:
+    """Refuse CONFIG_FLAGS given explicitly with values other than those the resumed checkpoint's `config`
+    records (a flag that does not apply to its network, such as --channel-mult of a ContextUnet, is not asked)."""
+    model, schedule = config["model"], config["schedule"]
+    saved = {"arch": model.get("arch", "context_unet"), "n_feat": model.get("n_feat"),
+             "channel_mult": tuple(model["channel_mult"]) if "channel_mult" in model else None,
+             "num_timesteps": schedule.get("num_steps"), "beta_start": schedule.get("beta_start"),
+             "beta_end": schedule.get("beta_end"), "p_uncond": config.get("p_uncond")}
+    differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved[k]})" for k in CONFIG_FLAGS
+              if k in args.given and saved[k] is not None and saved[k] != getattr(args, k)]
+    if differ:
+        raise UserError(f"{last}: --resume with {', '.join(differ)}; a resumed run keeps its checkpoint's network "
+                        "and schedule, so drop those flags or choose another --out-dir")
 
 
 def distillation_config(args, config: dict) -> dict:
@@ -254,6 +282,7 @@ def _train(args, accelerator, dtype) -> Path:
         state = load_checkpoint(last, required=("config", "model", "ema", "optimizer", "step"),
                                 what="training checkpoint")
         config = state["config"]
+        check_resumed_flags(args, config, last)
         if main_process:
             print(f"resuming from {last} at step {state['step']}")
             note = resume_note(config.get("training"), accelerator, args.batch_size)

@@ -6,7 +6,10 @@ step to alphas_cumprod[0]); `--convention paper` is the DDIM paper's grid, for c
 MSE against ground-truth PNGs with the course's pass/fail line (OUT_DIR/mse.json), the report's
 eta-sweep figure (OUT_DIR/eta_sweep.png), the slerp/lerp interpolation figure
 (OUT_DIR/interpolation.png) and both conventions side by side (OUT_DIR/conventions.png + .json).
-Every input is validated before sampling starts.
+Every input is validated before sampling starts, and every sample is checked finite before it is written.
+OUT_DIR is written into a temporary folder that replaces it whole at the end: a rerun leaves nothing of
+an earlier one, and a failed run leaves the earlier OUT_DIR as it was. So OUT_DIR must be apart from the
+inputs, and an existing one may hold only what P2 writes (*.png, *.json).
 """
 import argparse
 import json
@@ -16,7 +19,17 @@ import torch
 
 from models.face_ddim import ALPHAS, CONVENTIONS, ETAS, course_timesteps, eta_sweep, interpolated_noises, sample_faces
 from models.face_unet import load_face_unet
-from utils.cli import check_writable_dir, missing_paths, nonnegative_float, positive_float, positive_int, skip_missing
+from utils.cli import (
+    check_apart,
+    check_replaceable,
+    check_writable_dir,
+    missing_paths,
+    positive_float,
+    positive_int,
+    probability,
+    skip_missing,
+    staged_dir,
+)
 from utils.errors import UserError, cli
 from utils.face_io import load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
 from utils.images import labelled_grid
@@ -38,7 +51,8 @@ def ddim_steps(text: str) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("noise_dir", type=Path, help="folder of noise files NN.pt, each (1, 3, H, W), H, W multiples of 32")
-    p.add_argument("out_dir", type=Path, help="where NN.png (and the optional figures and mse.json) go")
+    p.add_argument("out_dir", type=Path, help="where NN.png (and the optional figures and mse.json) go; "
+                                              "an earlier OUT_DIR (only *.png, *.json) is replaced whole at the end")
     p.add_argument("unet_path", type=Path, help="the course's UNet.pt (a plain state_dict)")
     p.add_argument("--gt-dir", type=Path, default=None,
                    help="folder of ground-truth NN.png: print the MSE (0-255 pixels) and write OUT_DIR/mse.json")
@@ -47,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--convention", choices=sorted(CONVENTIONS), default="ldm",
                    help="DDIM grid: ldm = the course's ground truth (981, ..., 1, x_0 clamped, last step to "
                         "alphas_cumprod[0]); paper = the DDIM paper's (980, ..., 0, no clamping, last step to 1)")
-    p.add_argument("--eta", type=nonnegative_float, default=0.0,
+    p.add_argument("--eta", type=probability, default=0.0,
                    help="DDIM eta (eq. 16): 0 deterministic, 1 DDPM-like")
     p.add_argument("--steps", type=ddim_steps, default=50,
                    help="DDIM steps on range(0, 1000, 1000 // steps) (+1 for ldm); must divide 1000")
@@ -74,12 +88,21 @@ def save_figure(images, row_labels, col_labels, title, path: Path) -> None:
     tiles = minmax_uint8(images.flatten(0, 1)).reshape(rows, cols, *images.shape[-2:], 3)
     scale = max(1, 128 // images.shape[-1])
     labelled_grid(tiles, row_labels, col_labels, title, scale=scale).save(path)
-    print(f"wrote {path}")
 
 
 def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
-    print(f"wrote {path}")
+
+
+def check_finite(x: torch.Tensor, labels: list[str], what: str) -> torch.Tensor:
+    """Samples x (..., N, 3, H, W), one label per column N: a UserError naming the first column with a NaN
+    or inf anywhere (min-max normalisation would write it as a black image, and exit 0)."""
+    ok = torch.isfinite(x.flatten(-3)).all(-1).reshape(-1, x.shape[-4]).all(0).tolist()  # (N,)
+    bad = [label for label, fine in zip(labels, ok) if not fine]
+    if bad:
+        raise UserError(f"{what}: sampling gave NaN or inf for {len(bad)} of {len(labels)} columns, first "
+                        f"{bad[0]}; check the noise files' scale and the UNet's weights")
+    return x
 
 
 @cli(PROG)
@@ -89,9 +112,10 @@ def main(argv=None):
     if skip_missing(PROG, missing_paths(inputs), args.skip_missing):
         return None
     # everything is read and checked before the first image is sampled
-    if args.gt_dir is not None and args.out_dir.resolve() == args.gt_dir.resolve():
-        raise UserError(f"OUT_DIR {args.out_dir} is the --gt-dir: the ground truth would be overwritten")
+    check_apart(args.out_dir, "OUT_DIR", {"noise folder": args.noise_dir, "UNet": args.unet_path,
+                                          "--gt-dir": args.gt_dir})  # OUT_DIR is replaced whole
     check_writable_dir(args.out_dir)
+    check_replaceable(args.out_dir, "OUT_DIR", lambda f: len(f.parts) == 1 and f.suffix in (".png", ".json"))
     names, x_T = load_noises(args.noise_dir)
     gt = load_ground_truth(args.gt_dir, names, x_T.shape[-2:]) if args.gt_dir else None
     model = load_face_unet(args.unet_path)
@@ -108,44 +132,57 @@ def main(argv=None):
     setting = {"convention": args.convention, "eta": args.eta, "steps": args.steps,
                "dtype": str(dtype).removeprefix("torch."), "seed": args.seed}
 
-    x0 = sample_faces(model, x_T, eta=args.eta, generator=generator, convention=args.convention, **options)
-    images = minmax_uint8(x0)
-    for path in save_pngs(images, names, args.out_dir):
-        print(f"wrote {path}")
-
-    if gt is not None:
-        mse = mse_255(images, gt)
-        for name, value in zip(names, mse):
-            print(f"{name}.png  MSE {value:.3f}")
-        mean, passed = float(mse.mean()), bool(mse.mean() < args.baseline)
-        print(f"mean MSE {mean:.3f} over {len(mse)} images ({args.convention} convention)")
-        print(f"{'PASS' if passed else 'FAIL'}: mean MSE {mean:.3f} {'<' if passed else '>='} baseline {args.baseline:g}")
-        write_json(args.out_dir / "mse.json", {"per_image": dict(zip(names, mse.tolist())), "mean": mean,
-                                               "baseline": args.baseline, "passed": passed, **setting})
-
+    # everything is sampled and checked finite first, then written into a folder that replaces OUT_DIR whole
+    noise_files = [f"{name}.pt" for name in names]
+    samples = check_finite(sample_faces(model, x_T, eta=args.eta, generator=generator, convention=args.convention,
+                                        **options), noise_files, "NN.png")
+    sweep = interpolation = conventions = None
     if args.eta_sweep:
-        rows = eta_sweep(model, x_T[:4], ETAS, seed=args.seed, convention=args.convention, **options)
-        save_figure(rows, [f"eta={e:g}" for e in ETAS], names[:4],
-                    f"DDIM {args.steps} steps ({args.convention}), eta sweep (seed {args.seed})",
-                    args.out_dir / "eta_sweep.png")
+        sweep = check_finite(eta_sweep(model, x_T[:4], ETAS, seed=args.seed, convention=args.convention, **options),
+                             noise_files[:4], "eta_sweep.png")  # (5, 4, 3, H, W)
     if args.interpolation:
         noises = interpolated_noises(x_T[0], x_T[1], ALPHAS)  # (2, 11, 3, H, W)
-        x0 = sample_faces(model, noises.flatten(0, 1), eta=0.0, convention=args.convention,
-                          **options).view(noises.shape)
-        save_figure(x0, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
-                    f"x_T from {names[0]} (alpha 0) to {names[1]} (alpha 1), DDIM eta 0 ({args.convention})",
-                    args.out_dir / "interpolation.png")
+        interpolation = check_finite(sample_faces(model, noises.flatten(0, 1), eta=0.0, convention=args.convention,
+                                                  **options).view(noises.shape),
+                                     [f"alpha {a:.1f}" for a in ALPHAS], "interpolation.png")
     if args.compare_conventions:
-        both = {c: x0 if (c, args.eta) == (args.convention, 0) else
-                sample_faces(model, x_T, eta=0.0, convention=c, **options) for c in ("ldm", "paper")}
-        mse = mse_255(minmax_uint8(both["ldm"]), minmax_uint8(both["paper"]))
-        print(f"ldm vs paper convention: mean MSE {mse.mean():.3f} (0-255 pixels) over {len(mse)} images")
-        save_figure(torch.stack([both["ldm"], both["paper"]]), ["ldm", "paper"], names,
-                    f"DDIM {args.steps} steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; "
-                    f"mean MSE {mse.mean():.2f}", args.out_dir / "conventions.png")
-        write_json(args.out_dir / "conventions.json",
-                   {"per_image": dict(zip(names, mse.tolist())), "mean": float(mse.mean()),
-                    "steps": args.steps, "dtype": setting["dtype"]})
+        conventions = {c: samples if (c, args.eta) == (args.convention, 0) else
+                       check_finite(sample_faces(model, x_T, eta=0.0, convention=c, **options), noise_files,
+                                    f"conventions.png ({c})") for c in ("ldm", "paper")}
+
+    images = minmax_uint8(samples)
+    with staged_dir(args.out_dir) as out:
+        save_pngs(images, names, out)
+        if gt is not None:
+            mse = mse_255(images, gt)
+            for name, value in zip(names, mse):
+                print(f"{name}.png  MSE {value:.3f}")
+            mean, passed = float(mse.mean()), bool(mse.mean() < args.baseline)
+            print(f"mean MSE {mean:.3f} over {len(mse)} images ({args.convention} convention)")
+            print(f"{'PASS' if passed else 'FAIL'}: mean MSE {mean:.3f} {'<' if passed else '>='} "
+                  f"baseline {args.baseline:g}")
+            write_json(out / "mse.json", {"per_image": dict(zip(names, mse.tolist())), "mean": mean,
+                                          "baseline": args.baseline, "passed": passed, **setting})
+        if sweep is not None:
+            save_figure(sweep, [f"eta={e:g}" for e in ETAS], names[:4],
+                        f"DDIM {args.steps} steps ({args.convention}), eta sweep (seed {args.seed})",
+                        out / "eta_sweep.png")
+        if interpolation is not None:
+            save_figure(interpolation, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
+                        f"x_T from {names[0]} (alpha 0) to {names[1]} (alpha 1), DDIM eta 0 ({args.convention})",
+                        out / "interpolation.png")
+        if conventions is not None:
+            ldm, paper = conventions["ldm"], conventions["paper"]
+            mse = mse_255(minmax_uint8(ldm), minmax_uint8(paper))
+            print(f"ldm vs paper convention: mean MSE {mse.mean():.3f} (0-255 pixels) over {len(mse)} images")
+            save_figure(torch.stack([ldm, paper]), ["ldm", "paper"], names,
+                        f"DDIM {args.steps} steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; "
+                        f"mean MSE {mse.mean():.2f}", out / "conventions.png")
+            write_json(out / "conventions.json",
+                       {"per_image": dict(zip(names, mse.tolist())), "mean": float(mse.mean()),
+                        "steps": args.steps, "dtype": setting["dtype"]})
+        written = sorted(p.name for p in out.iterdir())
+    print(f"wrote {args.out_dir}: {', '.join(written)}")
     return images
 
 

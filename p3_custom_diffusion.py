@@ -38,6 +38,7 @@ from models.custom_diffusion import (
     read_config,
     read_kv,
     save_weights,
+    scaled_lr,
     setup_training,
     token_file,
     training_batch,
@@ -47,14 +48,18 @@ from models.sd_loading import load_pipeline
 from models.textual_inversion import (
     SAMPLERS,
     adam_rows,
+    check_prompt_lengths,
     embeds_path,
     load_adam_rows,
+    pipeline_prompts,
     prepare_sampling,
     restore_rows,
     sample_images,
 )
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
+    check_apart,
+    check_replaceable,
     check_writable_dir,
     finite_float,
     missing_paths,
@@ -64,7 +69,7 @@ from utils.cli import (
     skip_missing,
     staged_dir,
 )
-from utils.clip_score import IMAGES_PER_PROMPT
+from utils.clip_score import IMAGES_PER_PROMPT, generated_file
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
 from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
@@ -74,6 +79,7 @@ ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "runs" / "p3_custom_diffusion"
 STEPS_PER_CONCEPT = 250  # the paper's schedule
 PROG = "p3_custom_diffusion.py"
+MAX_TARGET_ERROR = 1e-3  # merge: the largest relative miss of a concept's own outputs that still counts as a fit
 
 
 def parse_args(argv=None):
@@ -114,7 +120,8 @@ def parse_args(argv=None):
     t.add_argument("--steps", type=positive_int, default=None,
                    help=f"optimisation steps (default: {STEPS_PER_CONCEPT} per concept, the paper's)")
     t.add_argument("--lr", type=positive_float, default=1e-5,
-                   help="AdamW learning rate per image: used x batch size x processes, as in the paper")
+                   help="AdamW learning rate per image: trained with lr x batch size x processes, x 2 when "
+                        "--prior-weight > 0 (the rule of diffusers' train_custom_diffusion.py and the paper's code)")
     t.add_argument("--batch-size", type=positive_int, default=2,
                    help="concept images per step (and as many regularization images)")
     t.add_argument("--resolution", type=positive_int, default=512, help="training image side in pixels (multiple of 8)")
@@ -134,8 +141,9 @@ def parse_args(argv=None):
                    help="text file, one regularization caption a line (the paper: 1000 LAION captions); "
                         "default: the textual-inversion templates with every class word")
     m.add_argument("--ridge", type=nonnegative_float, default=1e-3,
-                   help="added to C_reg^T C_reg as a fraction of its mean eigenvalue (needed when the "
-                        "captions do not span the text-feature space)")
+                   help="ridge x the mean eigenvalue of C_reg^T C_reg is added to its diagonal: the merge then "
+                        "also keeps ||W - W0|| small, a regularised variant of eq. 4 that works when the captions do "
+                        "not span the text features; 0 is eq. 4 exactly and needs captions that do")
 
     g = sub.add_parser("generate", parents=[common, sampling], formatter_class=fmt,
                        help="the graded images of every concept and prompt of INPUT_JSON")
@@ -281,7 +289,7 @@ def train(args):
     weight = params[0]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    lr = args.lr * args.batch_size * accelerator.num_processes
+    lr = scaled_lr(args.lr, args.batch_size, accelerator.num_processes, prior_preservation=args.prior_weight > 0)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)  # weight decay as diffusers' example
 
     step = 0
@@ -360,7 +368,11 @@ def target_captions(token: str, cls: str) -> list[str]:
 def merge(args):
     if missing({**{f"weights {i}": d for i, d in enumerate(args.weights_dirs)}, "model": args.model}, args):
         return None
+    check_apart(args.out_dir, "--out-dir", {**{f"weights folder {i}": d for i, d in enumerate(args.weights_dirs)},
+                                            "model": args.model})  # --out-dir is replaced whole
     check_writable_dir(args.out_dir, "--out-dir")
+    check_replaceable(args.out_dir, "--out-dir",  # an earlier merge: weights, embeddings, config.json (no last.pt)
+                      lambda f: len(f.parts) == 1 and (f.name == "config.json" or f.suffix == ".safetensors"))
     configs = [read_config(d) for d in args.weights_dirs]
     kvs = [read_kv(d) for d in args.weights_dirs]
     tokens = [t for c in configs for t in c["tokens"]]
@@ -383,6 +395,11 @@ def merge(args):
             pipe.load_textual_inversion(str(token_file(folder, token)), local_files_only=True)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     c_reg = caption_features(tokenizer, text_encoder, reg_captions)
+    rank = int(torch.linalg.matrix_rank(c_reg.double(), rtol=1e-5))  # the features are float32: 1e-5 is their noise
+    if not args.ridge and rank < c_reg.shape[1]:
+        raise UserError(f"--ridge 0: the regularization captions' {len(c_reg)} feature rows span {rank} of the "
+                        f"{c_reg.shape[1]} text-feature directions, so eq. 4 has no unique solution; "
+                        f"pass --ridge > 0 or more --reg-captions")
     targets, owner = [], []  # target features of each folder's tokens, and which folder's weights they follow
     for i, config in enumerate(configs):
         for token, cls in zip(config["tokens"], config["class_words"]):
@@ -398,6 +415,10 @@ def merge(args):
         v = torch.cat([c @ kvs[i][key].float().T for c, i in zip(targets, owner)])  # (M, out)
         merged[key] = merge_kv(w0, c_reg, c_tgt, v, ridge=args.ridge)
         worst = max(worst, ((c_tgt @ merged[key].T - v).abs().max() / v.abs().max()).item())
+    if worst > MAX_TARGET_ERROR:
+        raise UserError(f"the merged weights miss the concepts' own outputs on their captions by up to {worst:.1%} "
+                        f"(relative); the concepts' target captions conflict (more rows than text-feature directions?); "
+                        f"nothing written")
     load_kv_state(pipe.unet, merged, "merged weights")
     ids = tokenizer.convert_tokens_to_ids(tokens)
     config = {"tokens": tokens, "class_words": class_words, "merged_from": [str(d) for d in args.weights_dirs],
@@ -423,8 +444,13 @@ def generate(args):
     if set(needed) - set(have):
         raise UserError(f"{args.input_json}: its prompts use {', '.join(sorted(set(needed) - set(have)))}, "
                         f"which {args.weights} was not trained on (it has {', '.join(have)})")
+    check_apart(args.out_dir, "OUT_DIR", {"prompt json": args.input_json, "model": args.model,
+                                          "--weights": args.weights})  # OUT_DIR is replaced whole
     check_writable_dir(args.out_dir, "OUT_DIR")
+    check_replaceable(args.out_dir, "OUT_DIR", generated_file)
     pipe = custom_pipeline(args, args.weights)
+    check_prompt_lengths(pipe.tokenizer, [p for c in concepts for p in c.prompts], str(args.input_json),
+                         pipeline_prompts(pipe))
     jobs = [(c.id, i, p) for c in concepts for i, p in enumerate(c.prompts)]
     start = time.time()
     with staged_dir(args.out_dir) as tmp:
@@ -463,6 +489,7 @@ def figure(args):
             rows.append([np.asarray(im.resize((args.tile, args.tile))) for im in images[method, prompt]])
             labels.append(f"{method}: {prompt}")
         del pipe
+    args.out_png.parent.mkdir(parents=True, exist_ok=True)
     labelled_grid(np.array(rows), row_labels=labels, scale=1,
                   title=f"textual inversion vs Custom Diffusion, two learned concepts in one prompt "
                         f"(seeds {args.seed}..{args.seed + args.num - 1})"

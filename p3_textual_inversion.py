@@ -29,11 +29,13 @@ from models.textual_inversion import (
     Sampling,
     adam_rows,
     add_placeholder,
+    check_prompt_lengths,
     diffusion_loss,
     embeds_path,
     expand_placeholder,
     load_adam_rows,
     optimise,
+    pipeline_prompts,
     prepare_sampling,
     sample,
     save_learned_embeds,
@@ -41,6 +43,7 @@ from models.textual_inversion import (
 )
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
+    check_replaceable,
     check_writable_dir,
     finite_float,
     missing_paths,
@@ -50,7 +53,7 @@ from utils.cli import (
     skip_missing,
     staged_dir,
 )
-from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, load_generated, top_k_means
+from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, generated_file, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, load_rgb
 from utils.runtime import DTYPES, pick_device, seed_everything
@@ -137,7 +140,11 @@ def parse_args(argv=None):
                    help="random 75-100%% crops and horizontal flips (else centre crops)")
     t.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of images, crops, captions, noise and timesteps (process 0's; the others derive theirs)")
-    t.add_argument("--embeds-dir", type=Path, default=DEFAULT_EMBEDS, help="where {token}.safetensors is written")
+    t.add_argument("--embeds-dir", type=Path, default=DEFAULT_EMBEDS,
+                   help="where {token}.safetensors is written; one already there is replaced only when resuming "
+                        "the run that wrote it (--resume, its --run-dir) or with --overwrite")
+    t.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace EMBEDS_DIR/{token}.safetensors learned before (else it refuses)")
     t.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "p3_textual_inversion",
                    help="resume state and train_log.jsonl go to RUN_DIR/{token without <>}/")
     t.add_argument("--save-every", type=positive_int, default=500, help="save embeddings and resume state every N steps")
@@ -221,13 +228,17 @@ def _train(args, accelerator, dtype) -> TrainResult:
     run = args.run_dir / args.token.strip("<>")
     last, out = run / "last.pt", embeds_path(args.embeds_dir, args.token)
     check_writable_dir(args.embeds_dir, "--embeds-dir")
+    resuming = check_run(last, args.resume)
+    if out.exists() and not resuming and not args.overwrite:
+        raise UserError(f"--embeds-dir {args.embeds_dir}: already holds {args.token}'s learned embeddings "
+                        f"({out.name}); add --overwrite to replace them, or --resume with the --run-dir that made them")
     state = None
-    if check_run(last, args.resume):
+    if resuming:
         state = load_checkpoint(last, required=("config", "step", "vectors", "adam"),
                                 what="textual-inversion resume state")
         if (state["config"].get("token"), state["config"].get("num_vectors")) != (args.token, args.num_vectors):
-            raise UserError(f"{last}: was trained with {state['config']}, not token {args.token} "
-                            f"with {args.num_vectors} vectors")
+            raise UserError(f"{last}: was trained for {state['config'].get('token')} with "
+                            f"{state['config'].get('num_vectors')} vector(s), not {args.token} with {args.num_vectors}")
         if state["step"] >= args.steps and out.exists():
             if main_process:
                 print(f"{args.token}: already trained for {state['step']} steps ({out})")
@@ -239,6 +250,9 @@ def _train(args, accelerator, dtype) -> TrainResult:
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     ids = add_placeholder(tokenizer, text_encoder, args.token, args.initializer, args.num_vectors)
     placeholder = expand_placeholder(args.token, args.token, args.num_vectors)
+    check_prompt_lengths(tokenizer, [t.format(args.token) for t in data.templates],  # the longest caption must fit
+                         f"--num-vectors {args.num_vectors}",
+                         lambda caption: expand_placeholder(caption, args.token, args.num_vectors))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     weight, original, opt = setup_training(pipe, device, dtype, args.lr)
 
@@ -299,19 +313,6 @@ def _train(args, accelerator, dtype) -> TrainResult:
 
 
 # ---------------------------------------------------------------------------------------- generate
-def generated_layout(folder: Path) -> bool:
-    """True if `folder` holds only what `generate` writes ({id}/{prompt index}/{k}.png), so it may be replaced."""
-    for entry in folder.iterdir():
-        if not entry.is_dir():
-            return False
-        for prompt in entry.iterdir():
-            if not (prompt.is_dir() and prompt.name.isdigit()):
-                return False
-            if any(not (f.is_file() and f.suffix == ".png" and f.stem.isdigit()) for f in prompt.iterdir()):
-                return False
-    return True
-
-
 def generate(args):
     if missing({"prompt json": args.input_json}, args):
         return None
@@ -321,12 +322,11 @@ def generate(args):
                                         for t in tokens}}, args, TRAIN_HINT):
         return None
     check_writable_dir(args.out_dir)
-    if args.out_dir.exists() and not generated_layout(args.out_dir):
-        raise UserError(f"OUT_DIR {args.out_dir}: holds files `generate` did not write; it would be replaced whole, "
-                        "so choose a new or empty folder")
+    check_replaceable(args.out_dir, "OUT_DIR", generated_file)
     pipe = prepare_sampling(args.model, args.embeds_dir, tokens, args.sampler, args.device, args.dtype)
     settings = sampling_of(args)
     jobs = [(c.id, i, p) for c in concepts for i, p in enumerate(c.prompts)]
+    check_prompt_lengths(pipe.tokenizer, [p for _, _, p in jobs], str(args.input_json), pipeline_prompts(pipe))
     start = time.time()
     with staged_dir(args.out_dir) as staging:  # a rerun never leaves a mix of old and new images
         for cid, i, prompt in tqdm(jobs, desc="generate", disable=args.quiet, dynamic_ncols=True):

@@ -37,23 +37,29 @@ def parse_args(argv=None):
     p.add_argument("--keep", type=Path, default=None,
                    help="write the graded images to KEEP/{fp32,bf16}/ (to score them with p1_ddpm_eval.py) "
                         "instead of a temporary folder")
+    p.add_argument("--unit-forwards", type=int, default=UNIT_FORWARDS,
+                   help=f"classic forwards timed for the unit (batches of up to {UNIT_BATCH}), scaled to "
+                        f"{UNIT_FORWARDS}: fewer give a quicker, noisier unit")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "p1_sampling.json",
                    help="where to write the JSON")
     return p.parse_args(argv)
 
 
 @torch.no_grad()
-def time_unit(net: ClassicContextUnet) -> float:
-    """Seconds for one unit: 2,000 image forwards of the classic network in fp32, batches of 250."""
+def time_unit(net: ClassicContextUnet, forwards: int = UNIT_FORWARDS) -> float:
+    """Seconds for one unit: 2,000 image forwards of the classic network in fp32, batches of 250 (`forwards`
+    of them timed, in batches of up to 250, and scaled to 2,000)."""
+    batch = min(UNIT_BATCH, forwards)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(UNIT_BATCH, 3, 28, 28, generator=gen)
-    c, t = torch.arange(UNIT_BATCH) % 10, torch.rand(UNIT_BATCH, generator=gen)
-    mask = (torch.arange(UNIT_BATCH) >= UNIT_BATCH // 2).float()  # half conditional, half null, as guidance
+    x = torch.randn(batch, 3, 28, 28, generator=gen)
+    c, t = torch.arange(batch) % 10, torch.rand(batch, generator=gen)
+    mask = (torch.arange(batch) >= batch // 2).float()  # half conditional, half null, as guidance
     net(x, c, t, mask)  # warm-up
+    batches = max(1, forwards // batch)
     start = time.perf_counter()
-    for _ in range(UNIT_FORWARDS // UNIT_BATCH):
+    for _ in range(batches):
         net(x, c, t, mask)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) * UNIT_FORWARDS / (batch * batches)
 
 
 def gflop_per_image(net, config: dict, settings: Settings = DEFAULTS) -> float:
@@ -88,13 +94,13 @@ def main(argv=None):
     print(f"{cpu_capability()}; torch {torch.__version__}")
     print(f"graded settings: {settings} -> {ours:.2f} GFLOP per image ({flop_units:.2f} units by FLOPs), "
           f"{n_images} images")
-    units = [time_unit(classic)]
+    units = [time_unit(classic, args.unit_forwards)]
     print(f"unit: {units[0]:.1f} s", flush=True)
     rows = []
     for name in dtypes:
         dtype = torch.bfloat16 if name == "bf16" else torch.float32
         sampled, total = time_graded(net, config, settings, args.per_digit, dtype, args.keep and args.keep / name)
-        units.append(time_unit(classic))
+        units.append(time_unit(classic, args.unit_forwards))
         unit = (units[-2] + units[-1]) / 2
         rows.append({"dtype": name, "unit_s": unit, "graded_s": total, "sampling_s": sampled,
                      "units": total / unit * 1000 / n_images,

@@ -1,4 +1,4 @@
-"""A UNet with channel multipliers for 28x28 digits (P1; lever 3 of issue 15).
+"""A UNet with channel multipliers for 28x28 digits (P1): fewer FLOPs where the 28x28 convolutions cost most.
 
 ContextUnet-128 spends most of its FLOPs in 128-channel 3x3 convolutions at 28x28. This network
 is narrow where the image is large and wide where it is small: `n_feat * mult` channels at

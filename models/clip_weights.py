@@ -70,19 +70,21 @@ def cached_tag_file(cfg: dict) -> Path | None:
 
 
 def missing_weights_message(model_name: str, tag: str, cfg: dict) -> str:
-    lines = [f"the weights of {model_name} '{tag}' are not on this machine, and nothing is downloaded here. Either"]
+    """One line: the weights are not here, and each way to put them where they are found."""
+    ways = []
     if cfg.get("url"):
         name = os.path.basename(cfg["url"])
-        lines.append(f"  - put {cfg['url']} at {URL_CACHE / name}, or pass it with --pretrained /path/to/{name}")
+        ways.append(f"put {cfg['url']} at {URL_CACHE / name}, or pass it with --pretrained /path/to/{name}")
     if cfg.get("hf_hub"):
         repo, names = _hf_files(cfg)
         # a state-dict file does not say it needs QuickGELU; the `-quickgelu` config does
         quick = cfg.get("quick_gelu") and not open_clip.get_model_config(model_name).get("quick_gelu")
         flags = (f"--model {model_name}-quickgelu " if quick else "") + f"--pretrained /path/to/{names[0]}"
-        lines.append(f"  - put {names[0]} of the Hugging Face repository {repo} in the Hugging Face cache "
-                     f"(`huggingface-cli download {repo} {names[0]}` on a machine with network, then copy "
-                     f"~/.cache/huggingface/hub), or pass it with {flags}")
-    return "\n".join(lines)
+        ways.append(f"put {names[0]} of the Hugging Face repository {repo} in the Hugging Face cache "
+                    f"(`huggingface-cli download {repo} {names[0]}` on a machine with network, then copy "
+                    f"~/.cache/huggingface/hub), or pass it with {flags}")
+    return (f"the weights of {model_name} '{tag}' are not on this machine, and nothing is downloaded here: "
+            + "; or ".join(ways))
 
 
 def resolve_weights(model_name: str, pretrained: str | None) -> Weights:

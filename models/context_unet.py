@@ -151,7 +151,7 @@ def build_from_config(config: dict) -> nn.Module:
 def load_p1_model(path) -> tuple[nn.Module, dict]:
     """The network (EMA weights when present) and config of a P1 checkpoint, in eval mode."""
     from utils.checkpoint import load_checkpoint, load_state_dict_strict
-    from utils.errors import UserError
+    from utils.errors import UserError, reason
 
     ckpt = load_checkpoint(path, required=("config",), what="P1 DDPM checkpoint")
     state = ckpt.get("ema", ckpt.get("model"))
@@ -161,6 +161,6 @@ def load_p1_model(path) -> tuple[nn.Module, dict]:
     try:
         net = build_from_config(config)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: config does not describe a P1 network ({e})") from None
+        raise UserError(f"{path}: config does not describe a P1 network ({reason(e)})") from None
     load_state_dict_strict(net, {k: v.float() for k, v in state.items()}, str(path))
     return net.eval(), config

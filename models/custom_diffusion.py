@@ -197,10 +197,18 @@ def rescale(x: torch.Tensor, resolution: int, factor: int, generator: torch.Gene
     return x, mask, prefix
 
 
+def scaled_lr(lr: float, batch_size: int, processes: int, prior_preservation: bool) -> float:
+    """The learning rate the references train with (`--scale_lr` in diffusers' train_custom_diffusion.py
+    and in the paper's code): the per-image rate x batch size x processes, and x 2 with prior
+    preservation (each step then also holds as many regularization images)."""
+    return lr * batch_size * processes * (2 if prior_preservation else 1)
+
+
 def training_batch(concepts: list, regs: list, tokens: list[str], class_words: list[str], step: int, size: int,
                    resolution: int, factor: int, generator: torch.Generator, augment: bool = True):
     """`size` concept images (concept (step * size + k) mod n, so every concept is in every cycle of
-    steps), flipped half the time and rescaled, then one regularization image of each one's class.
+    steps), with `augment` flipped half the time and rescaled (else as they are), then one
+    regularization image of each one's class.
 
     concepts, regs: `utils.ti_data.ConceptImages` (centre crops at `resolution`) per concept.
     Returns pixels (2 size, 3, R, R), masks (2 size, 1, R/f, R/f) and 2 size captions.
@@ -209,10 +217,10 @@ def training_batch(concepts: list, regs: list, tokens: list[str], class_words: l
     which = [(step * size + k) % len(concepts) for k in range(size)]
     for c in which:
         x = concepts[c].batch(1, generator)[0][0]
-        if torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
         prefix, m = "", torch.ones(1, resolution // factor, resolution // factor)
         if augment:
+            if torch.rand((), generator=generator) < 0.5:
+                x = x.flip(-1)
             x, m, prefix = rescale(x, resolution, factor, generator)
         pixels.append(x)
         masks.append(m)
@@ -254,14 +262,17 @@ def custom_diffusion_loss(unet, vae, text_encoder, scheduler, pixels: torch.Tens
 # ----------------------------------------------------------------------------------------- the merge
 def merge_kv(w0: torch.Tensor, c_reg: torch.Tensor, c_tgt: torch.Tensor, v: torch.Tensor,
              ridge: float = 0.0) -> torch.Tensor:
-    """Eq. 4 of the paper: argmin_W ||(W - W0) C_reg^T||_F  s.t.  W C_tgt^T = V^T.
+    """Eq. 4 of the paper: argmin_W ||(W - W0) C_reg^T||_F^2  s.t.  W C_tgt^T = V^T; with `ridge` > 0
+    the regularised variant argmin_W ||(W - W0) C_reg^T||_F^2 + lam ||W - W0||_F^2 under the same
+    constraint, lam = ridge x the mean eigenvalue of C_reg^T C_reg (eq. 4 itself needs C_reg to span
+    all d directions; with lam > 0, directions no caption uses stay as in W0).
 
     w0 (out, d) the pretrained weight; c_reg (N, d) text features of regularization captions;
     c_tgt (M, d) those of the concepts' target captions (M <= d independent rows for an exact fit); v (M, out) the
-    fine-tuned models' outputs on them. With M = C_reg^T C_reg (+ ridge x mean eigenvalue x I when
-    C_reg does not span all d directions), the Lagrangian gives W = W0 + L C_tgt M^-1 and the
-    constraint fixes L:  W = W0 + (V^T - W0 C_tgt^T) (C_tgt M^-1 C_tgt^T)^-1 C_tgt M^-1.
-    Computed in float64, returned in w0's dtype.
+    fine-tuned models' outputs on them. With M = C_reg^T C_reg + lam I, the Lagrangian gives
+    W = W0 + L C_tgt M^-1 and the constraint fixes L:
+    W = W0 + (V^T - W0 C_tgt^T) (C_tgt M^-1 C_tgt^T)^-1 C_tgt M^-1. Computed in float64, returned in
+    w0's dtype.
     """
     w0_, c_reg_, c_tgt_, v_ = (x.detach().double() for x in (w0, c_reg, c_tgt, v))
     gram = c_reg_.T @ c_reg_  # (d, d)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from utils.checkpoint import load_state_dict_strict
-from utils.errors import UserError
+from utils.errors import UserError, reason
 
 SD_V1_CONFIGS = Path(__file__).resolve().parent / "sd_v1_configs"
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
@@ -65,7 +65,7 @@ def read_single_file(path: Path) -> dict:
         with torch.serialization.safe_globals([(_Inert, name) for name in foreign]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # safetensors and torch raise many types for a truncated or foreign file
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({reason(e)})") from None
     while isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -96,7 +96,7 @@ def components_from_single_file(path: Path, config_dir: Path = SD_V1_CONFIGS) ->
         text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder")
         scheduler = PNDMScheduler.from_pretrained(config_dir / "scheduler")
     except (OSError, ValueError) as e:
-        raise UserError(f"{config_dir}: the shipped SD v1 configs are missing or broken ({e})") from None
+        raise UserError(f"{config_dir}: the shipped SD v1 configs are missing or broken ({reason(e)})") from None
 
     unet = UNet2DConditionModel.from_config(unet_config)
     vae = AutoencoderKL.from_config(vae_config)
@@ -111,7 +111,7 @@ def components_from_single_file(path: Path, config_dir: Path = SD_V1_CONFIGS) ->
         load_state_dict_strict(vae, convert_ldm_vae_checkpoint(state, vae_config), f"{path} (VAE)")
         load_state_dict_strict(text_encoder, text_state, f"{path} (text encoder)")
     except UserError as e:
-        raise UserError(f"{e}\n(is this an SD v1 checkpoint? the configs used are in {config_dir})") from None
+        raise UserError(f"{e}; is this an SD v1 checkpoint? (the configs used are in {config_dir})") from None
     return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
             "tokenizer": clip_tokenizer(), "scheduler": scheduler}
 
@@ -128,7 +128,7 @@ def load_pipeline(model: Path, config_dir: Path = SD_V1_CONFIGS) -> StableDiffus
                 model, local_files_only=True, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
         except (OSError, ValueError, TypeError) as e:
-            raise UserError(f"{model}: cannot load the diffusers pipeline ({type(e).__name__}: {e})") from None
+            raise UserError(f"{model}: cannot load the diffusers pipeline ({reason(e)})") from None
     if not model.is_file():
         raise UserError(f"{model}: not found; pass the SD v1 checkpoint (e.g. sd-v1-4.ckpt) "
                         "or a diffusers folder")

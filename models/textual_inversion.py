@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
@@ -18,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.sd_loading import load_pipeline
-from utils.errors import UserError
+from utils.checkpoint import check_finite
+from utils.errors import UserError, reason
 from utils.runtime import pick_device, resolve_dtype
 
 
@@ -137,17 +139,40 @@ def load_adam_rows(optimizer: torch.optim.Optimizer, weight: torch.Tensor, ids: 
     optimizer.state[weight] = state
 
 
+def check_prompt_lengths(tokenizer, prompts: list[str], what: str, expand: Callable[[str], str] = str) -> None:
+    """Refuse a prompt whose tokens (`expand(prompt)`: a learned token written as all its vectors) with the
+    start and end tokens are more than the text encoder's context (77 for SD v1): the tokenizer would cut
+    the end off, learned vectors or another concept's token with it, and nothing would say so."""
+    limit = tokenizer.model_max_length
+    lengths = [len(tokenizer(expand(p)).input_ids) for p in prompts]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    if lengths[longest] > limit:
+        raise UserError(f"{what}: {prompts[longest]!r} takes {lengths[longest]} tokens with its learned vectors, "
+                        f"more than the text encoder's {limit}; learn fewer vectors or shorten the prompt")
+
+
+def pipeline_prompts(pipe) -> Callable[[str], str]:
+    """How `pipe` writes a prompt before tokenizing it: each loaded learned token as all of its vectors."""
+    return lambda prompt: pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
+
+
 @torch.no_grad()
 def sample_images(pipe, prompt: str, num: int, *, seed: int, batch_size: int, steps: int, guidance: float,
                   resolution: int) -> list:
     """`num` PIL images of `prompt`; image i starts from the noise of CPU seed `seed + i`, so the images do
-    not depend on the batch size or the device's random generator."""
+    not depend on the batch size or the device's random generator. A NaN or inf in the decoded images (they
+    would be written black) is a UserError."""
+    check_prompt_lengths(pipe.tokenizer, [prompt], "prompt", pipeline_prompts(pipe))
     images = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
-        images += pipe(prompt, num_images_per_prompt=n, generator=generators, num_inference_steps=steps,
-                       guidance_scale=guidance, height=resolution, width=resolution).images
+        decoded = pipe(prompt, num_images_per_prompt=n, generator=generators, num_inference_steps=steps,
+                       guidance_scale=guidance, height=resolution, width=resolution, output_type="np").images
+        if not np.isfinite(decoded).all():  # (n, H, W, 3) in [0, 1]
+            raise UserError(f"sampling {prompt!r} (seeds {seed + start}..{seed + start + n - 1}) gave NaN or inf; "
+                            "check the learned embeddings and the model's weights")
+        images += pipe.numpy_to_pil(decoded)
     return images
 
 
@@ -169,9 +194,11 @@ def load_learned_embeds(path: Path) -> tuple[str, torch.Tensor]:
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: not a safetensors file of learned embeddings ({e})") from None
+        raise UserError(f"{path}: not a safetensors file of learned embeddings ({reason(e)})") from None
     if len(state) != 1:
-        raise UserError(f"{path}: expected one token's embeddings, found keys {sorted(state)}")
+        raise UserError(f"{path}: expected one token's embeddings, found {len(state)} keys"
+                        + (f", first: {min(state)}" if state else ""))
+    check_finite(state, str(path))
     token, vectors = next(iter(state.items()))
     return token, vectors.reshape(-1, vectors.shape[-1])
 

@@ -18,6 +18,12 @@ def shared() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def digits(shared) -> Path:
+    """The real digit data sets in the course layout: ../shared/hw2_data/digits/{mnistm,svhn}."""
+    return shared / "hw2_data" / "digits"
+
+
 @pytest.fixture
 def cli_error(capsys):
     """`with cli_error("regex") as err:` expects a script's one-line `PROG: error: ...` and exit 2.

@@ -3,7 +3,17 @@ import argparse
 
 import pytest
 
-from utils.cli import check_writable_dir, finite_float, positive_int, probability, staged_dir, staged_file
+from utils.cli import (
+    check_apart,
+    check_writable_dir,
+    finite_float,
+    inside,
+    positive_int,
+    probability,
+    safe_name,
+    staged_dir,
+    staged_file,
+)
 from utils.errors import UserError
 
 
@@ -57,3 +67,27 @@ def test_staged_file_replaces_whole_or_not_at_all(tmp_path):
         tmp.write_text("new")
         assert final.read_text() == "old"  # replaced only when the block ends
     assert final.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", "a\\b", 3])
+def test_safe_name_refuses_anything_but_a_plain_name(name):
+    with pytest.raises(UserError, match=r"^data.csv line 2: image_name .*: not a plain file or folder name"):
+        safe_name(name, "data.csv line 2: image_name")
+
+
+def test_inside_refuses_a_link_out_of_its_folder(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "out").symlink_to(tmp_path)
+    assert inside(tmp_path / "folder", "x.png", "name") == tmp_path / "folder" / "x.png"
+    with pytest.raises(UserError, match="resolves outside"):
+        inside(tmp_path / "folder", "out", "name")
+
+
+def test_check_apart_refuses_an_output_that_is_holds_or_lies_in_an_input(tmp_path):
+    runs = {"run A": tmp_path / "a", "run B": tmp_path / "b", "absent": None}
+    check_apart(tmp_path / "merged", "--out-dir", runs)
+    check_apart(tmp_path / "ab", "--out-dir", runs)  # a name that starts like an input is apart from it
+    for out, relation in ((tmp_path / "a", "is"), (tmp_path / "b" / ".." / "b", "is"), (tmp_path, "contains"),
+                          (tmp_path / "b" / "merged", "lies inside")):
+        with pytest.raises(UserError, match=f"--out-dir .* {relation} the run [AB] "):
+            check_apart(out, "--out-dir", runs)

@@ -1,4 +1,6 @@
 """Packing the digit data for another machine: lossless round trip, parts, and clear errors."""
+import json
+
 import pytest
 import torch
 from helpers import copy_digits
@@ -57,3 +59,28 @@ def test_cli_errors_name_the_problem(tiny_root, tmp_path, cli_error):
     with cli_error() as exc:
         main(["pack", str(tiny_root), str(tmp_path / "pack")])
     assert "00003.png: cannot read image" in exc.message and not any((tmp_path / "pack").iterdir())
+
+
+@pytest.mark.parametrize("bad", ["../../escaped.png", "{tmp}/escaped.png", "sub/x.png", "..", "a\\b.png"])
+def test_unpack_refuses_image_names_out_of_data(tiny_root, tmp_path, bad, cli_error):
+    """An image name of a pack's csv is a file of ROOT/{data set}/data/, never a path: nothing is written."""
+    bad = bad.format(tmp=tmp_path)
+    pack(tiny_root, tmp_path / "pack", datasets=["svhn"], tiles=8)
+    csv = tmp_path / "pack" / "svhn_train.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], f"{bad},{lines[1].split(',')[1]}", *lines[2:]]) + "\n")
+    root = tmp_path / "deep" / "er" / "back"
+    with cli_error(r"svhn_train.csv line 2: image_name .*: not a plain file or folder name [^\n]*\n$"):
+        main(["unpack", str(tmp_path / "pack"), str(root)])
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "escaped.png").exists()
+
+
+@pytest.mark.parametrize("key", ["../train", "svhn/..", "/train", "./train"])
+def test_unpack_refuses_manifest_splits_out_of_root(tiny_root, tmp_path, key, cli_error):
+    pack(tiny_root, tmp_path / "pack", datasets=["svhn"], tiles=8)
+    manifest = json.loads((tmp_path / "pack" / "pack.json").read_text())
+    manifest["splits"] = {key: manifest["splits"]["svhn/train"]}
+    (tmp_path / "pack" / "pack.json").write_text(json.dumps(manifest))
+    with cli_error(r"pack.json: (data set|split) '[./]*\w*': not a plain file or folder name"):
+        main(["unpack", str(tmp_path / "pack"), str(tmp_path / "back")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "pack"]

@@ -1,9 +1,12 @@
 """The digit data reader: the course layout, balanced weights, and a clear error for each bad input."""
+import csv
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from helpers import copy_digits
+from PIL import Image
 
 import p1_ddpm_train
 from utils.digits import DigitData, load_split
@@ -18,12 +21,21 @@ def tiny_root(shared, tmp_path):
 
 
 def test_reads_course_layout(tiny_root):
-    images, labels = load_split(tiny_root, "mnistm", progress=False)
-    assert images.shape == (30, 3, 28, 28) and images.dtype == torch.uint8
-    assert labels.shape == (30,) and 0 <= labels.min() and labels.max() <= 9
+    """Every image and label as the csv lists them: the pixels of the named PNG, the label of its row."""
+    for name in ("mnistm", "svhn"):
+        with open(tiny_root / name / "train.csv", newline="") as f:  # read here with the csv module alone
+            rows = [(row["image_name"], int(row["label"])) for row in csv.DictReader(f)]
+        images, labels = load_split(tiny_root, name, progress=False)
+        assert images.shape == (30, 3, 28, 28) and images.dtype == torch.uint8
+        assert labels.tolist() == [label for _, label in rows] and len(set(labels.tolist())) > 3
+        for i in (0, 17, 29):
+            png = np.asarray(Image.open(tiny_root / name / "data" / rows[i][0]).convert("RGB"))  # (28, 28, 3)
+            assert torch.equal(images[i], torch.from_numpy(png).permute(2, 0, 1))
     data = DigitData(tiny_root)
-    x, digit, dset = data[45]
-    assert x.shape == (3, 28, 28) and -1 <= x.min() and x.max() <= 1 and dset == 1
+    x, digit, dset = data[45]  # svhn's 16th
+    svhn_images, svhn_labels = load_split(tiny_root, "svhn", progress=False)
+    assert dset == 1 and digit == svhn_labels[15]
+    assert torch.allclose(x, svhn_images[15].float() / 127.5 - 1)  # in [-1, 1]
 
 
 def test_balanced_weights_equalise_pairs(tiny_root):

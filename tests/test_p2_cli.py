@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 from torchvision.utils import save_image
 
@@ -47,24 +48,37 @@ def test_minmax_uint8_equals_torchvision_save_image(tmp_path):
 
 
 def test_writes_one_png_per_noise_and_scores_mse(files, tmp_path):
+    """The course's pipeline rebuilt from outside references: diffusers' DDIMScheduler with SD v1's settings
+    (the ldm convention) over the same UNet, saved with torchvision's save_image(normalize=True); and the MSE
+    computed here with numpy from the PNG files, against ground truth that is not the run's own output."""
     out = tmp_path / "out"
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2"])
     assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in NAMES]
-    images = np.stack([read(out / f"{n}.png") for n in NAMES])
-    assert images.shape == (4, 32, 32, 3)
-    assert (images.reshape(4, -1).min(1) == 0).all() and (images.reshape(4, -1).max(1) == 255).all()
+    model = load_face_unet(files / "UNet.pt")
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=True)
+    scheduler.set_timesteps(2)
+    assert scheduler.timesteps.tolist() == [501, 1]
+    for n in NAMES:
+        x = torch.load(files / "noise" / f"{n}.pt")
+        for t in scheduler.timesteps:
+            with torch.no_grad():
+                x = scheduler.step(model(x, t.expand(1)), t, x, eta=0.0).prev_sample
+        save_image(x, tmp_path / "reference.png", normalize=True)
+        assert np.abs(read(out / f"{n}.png").astype(int) - read(tmp_path / "reference.png")).max() <= 1, n
 
     gt = tmp_path / "gt"
     gt.mkdir()
+    rng = np.random.default_rng(0)
     for n in NAMES:
-        Image.fromarray(images[NAMES.index(n)]).save(gt / f"{n}.png")
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(gt / "01.png")
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(gt / f"{n}.png")
     out2 = tmp_path / "out2"
     p2_ddim.main([str(files / "noise"), str(out2), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt)])
     report = json.loads((out2 / "mse.json").read_text())
-    expected_01 = (images[1].astype(np.float64) ** 2).mean()
-    assert report["per_image"] == pytest.approx({"00": 0.0, "01": expected_01, "02": 0.0, "03": 0.0})
-    assert report["mean"] == pytest.approx(expected_01 / 4)
+    expected = {n: ((read(out2 / f"{n}.png").astype(np.float64) - read(gt / f"{n}.png")) ** 2).mean() for n in NAMES}
+    assert report["per_image"] == pytest.approx(expected, rel=1e-9) and min(expected.values()) > 1000
+    assert report["mean"] == pytest.approx(np.mean(list(expected.values())), rel=1e-9)
+    assert report["passed"] is False and report["baseline"] == 20.0
 
 
 def sweep_options(**extra):
@@ -136,7 +150,7 @@ def test_out_dir_equal_to_gt_is_refused_and_gt_untouched(files, tmp_path, cli_er
     gt.mkdir()
     for n in NAMES:
         (gt / f"{n}.png").write_bytes(b"course ground truth")
-    with cli_error("is the --gt-dir: the ground truth would be overwritten"):
+    with cli_error("is the --gt-dir .*gt: it would be overwritten"):
         p2_ddim.main([str(files / "noise"), str(tmp_path / "gt" / "."), str(files / "UNet.pt"), "--gt-dir", str(gt)])
     assert all((gt / f"{n}.png").read_bytes() == b"course ground truth" for n in NAMES)
 
@@ -144,6 +158,7 @@ def test_out_dir_equal_to_gt_is_refused_and_gt_untouched(files, tmp_path, cli_er
 @pytest.mark.parametrize("flags, message", [
     (["--eta", "nan"], "argument --eta: 'nan' is not a finite number"),
     (["--eta", "-0.5"], "argument --eta: -0.5 is out of range"),
+    (["--eta", "1.5"], "argument --eta: 1.5 is out of range: must be between 0 and 1"),
     (["--batch-size", "0"], "argument --batch-size: 0 is out of range"),
     (["--steps", "0"], "argument --steps: 0 is out of range"),
     (["--baseline", "0"], "argument --baseline: 0 is out of range")])
@@ -182,7 +197,7 @@ def test_unfit_unet_is_named(files, tmp_path, cli_error):
     state = torch.load(files / "UNet.pt", weights_only=True)
     del state["out.2.bias"]
     torch.save(state, tmp_path / "UNet.pt")
-    with cli_error(r"UNet.pt does not fit FaceUNet:\n  missing keys \(1\): out.2.bias"):
+    with cli_error(r"UNet.pt does not fit FaceUNet: missing key out.2.bias\n$"):
         p2_ddim.main([str(files / "noise"), str(tmp_path / "out"), str(tmp_path / "UNet.pt")])
     assert not (tmp_path / "out").exists()
 
@@ -214,3 +229,79 @@ def test_skip_missing_says_what_is_missing(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(SystemExit):  # without the flag a missing input is an error
         p2_ddim.main([str(tmp_path / "noise"), str(out), str(tmp_path / "UNet.pt")])
+
+
+def test_all_documented_flags_together(files, tmp_path):
+    """--gt-dir, --eta-sweep, --interpolation and --compare-conventions in one run: the conventions figure
+    compares the main samples (not the interpolation's) with the paper grid's."""
+    gt, out = tmp_path / "gt", tmp_path / "out"
+    p2_ddim.main([str(files / "noise"), str(gt), str(files / "UNet.pt"), "--steps", "2", "--convention", "paper"])
+    p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt),
+                  "--eta-sweep", "--interpolation", "--compare-conventions"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.png" for n in NAMES] + ["mse.json", "eta_sweep.png", "interpolation.png", "conventions.png",
+                                       "conventions.json"])
+    # the ground truth is the paper grid's images, so both files hold the same per-image MSE
+    assert json.loads((out / "conventions.json").read_text())["per_image"] == pytest.approx(
+        json.loads((out / "mse.json").read_text())["per_image"])
+
+
+def copy_noise(files, folder: Path, names=NAMES) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / f"{name}.pt").write_bytes((files / "noise" / f"{name}.pt").read_bytes())
+    return folder
+
+
+def test_rerun_replaces_out_dir_whole_and_a_failed_run_leaves_it(files, tmp_path, cli_error):
+    noise, out = copy_noise(files, tmp_path / "noise"), tmp_path / "out"
+    p2_ddim.main([str(noise), str(out), str(files / "UNet.pt"), "--steps", "2", "--eta-sweep"])
+    (noise / "02.pt").unlink()
+    (noise / "03.pt").unlink()
+    p2_ddim.main([str(noise), str(out), str(files / "UNet.pt"), "--steps", "2"])
+    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png"]  # no eta_sweep.png, 02.png of the first run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    torch.save(torch.load(noise / "01.pt") * 1e30, noise / "01.pt")  # finite, but sampling overflows
+    with cli_error(r"NN.png: sampling gave NaN or inf for 1 of 2 columns, first 01.pt"):
+        p2_ddim.main([str(noise), str(out), str(files / "UNet.pt"), "--steps", "2"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise", "out"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_noise_is_named_as_such(files, tmp_path, value, cli_error):
+    noise = copy_noise(files, tmp_path / "noise")
+    x = torch.load(noise / "02.pt")
+    x[0, 1, 3, 4] = value
+    torch.save(x, noise / "02.pt")
+    with cli_error(r"02.pt: the noise holds NaN or inf \(1 values\)\n$"):
+        p2_ddim.main([str(noise), str(tmp_path / "out"), str(files / "UNet.pt"), "--steps", "2"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_unet_weight_is_named(files, tmp_path, cli_error):
+    state = torch.load(files / "UNet.pt", weights_only=True)
+    state["mid1.attention.qkv.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "UNet.pt")
+    with cli_error(r"UNet.pt: NaN or inf in tensor mid1.attention.qkv.weight\n$"):
+        p2_ddim.main([str(files / "noise"), str(tmp_path / "out"), str(tmp_path / "UNet.pt"), "--steps", "2"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, relation", [("noise", "is"), (".", "contains"), ("noise/out", "lies inside")])
+def test_out_dir_apart_from_the_inputs(files, tmp_path, out, relation, cli_error):
+    """OUT_DIR is replaced whole: one that is or holds an input would delete it."""
+    noise = copy_noise(files, tmp_path / "noise")
+    with cli_error(f"OUT_DIR .* {relation} the noise folder .*noise: it would be overwritten"):
+        p2_ddim.main([str(noise), str(tmp_path / out), str(files / "UNet.pt"), "--steps", "2"])
+    assert sorted(p.name for p in noise.iterdir()) == [f"{n}.pt" for n in NAMES]
+
+
+def test_out_dir_holding_other_files_is_not_replaced(files, tmp_path, cli_error):
+    """OUT_DIR is replaced whole: one that holds files P2 does not write (a folder named by mistake) is refused."""
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo.txt").write_text("keep me")
+    with cli_error(r"OUT_DIR .*out: holds notes/todo.txt, which this program does not write"):
+        p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2"])
+    assert (out / "notes" / "todo.txt").read_text() == "keep me"

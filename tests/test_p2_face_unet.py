@@ -58,9 +58,10 @@ def test_unfit_state_dict_lists_missing_unexpected_and_shapes(tmp_path):
         load_face_unet(tmp_path / "UNet.pt")
     message = str(err.value)
     assert "UNet.pt" in message
-    assert "missing keys (1): up23.resblocks.conv2.weight" in message
-    assert "unexpected keys (1): up24.resblocks.conv1.weight" in message
-    assert "mid1.attention.qkv.weight: expected (384, 128, 1, 1), found (3, 128, 1, 1)" in message
+    assert "missing key up23.resblocks.conv2.weight" in message
+    assert "unexpected key up24.resblocks.conv1.weight" in message
+    assert "wrong shape mid1.attention.qkv.weight: expected (384, 128, 1, 1), found (3, 128, 1, 1)" in message
+    assert "\n" not in message  # one line, however many keys are wrong
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint", None, {"model": {"a": 1}}])

@@ -355,7 +355,7 @@ def test_generate_rerun_replaces_the_folder_whole(tiny_sd, embeds_dir, tmp_path,
     monkeypatch.undo()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with cli_error("OUT_DIR .*mine: holds files `generate` did not write"):
+    with cli_error("OUT_DIR .*mine: holds notes.txt, which this program does not write; OUT_DIR is replaced whole"):
         p3.main(argv[:2] + [str(tmp_path / "mine")] + argv[3:])
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -488,3 +488,64 @@ def test_evaluate_insists_on_25_images(generated, tiny_clip, shared, tmp_path, c
     with cli_error("found 24 images; the course's evaluator needs exactly 25"):
         p3.main(["evaluate", str(input_json), str(short), "--concept-root", str(shared / "hw2_data/textual_inversion"),
                  "--clip", str(tiny_clip)])
+
+
+# ------------------------------------------------------------------------------ inputs that must not pass
+@pytest.mark.parametrize("cid", ["../../escaped", "{tmp}/escaped", "a/b", "..", "."])
+def test_a_concept_id_names_one_folder_of_out_dir(tiny_sd, embeds_dir, tmp_path, cid, cli_error):
+    cid = cid.format(tmp=tmp_path)
+    (tmp_path / "input.json").write_text(json.dumps({cid: {"token_name": "<new1>", "prompt": ["A <new1>."]}}))
+    with cli_error(r"input.json: concept id .*: not a plain file or folder name"):
+        p3.main(["generate", str(tmp_path / "input.json"), str(tmp_path / "a" / "b" / "out"), str(tiny_sd[0]),
+                 "--embeds-dir", str(embeds_dir), "--steps", "1", "--quiet", *RES])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.json"]
+
+
+def test_train_keeps_another_runs_embeddings_unless_told(tiny_sd, shared, tmp_path, cli_error):
+    first = p3.main(train_args(tiny_sd, shared, tmp_path, "--steps", "1"))
+    learned = first.embeds.read_bytes()
+    again = train_args(tiny_sd, shared, tmp_path, "--steps", "1")
+    again[again.index("--run-dir") + 1] = str(tmp_path / "other_runs")  # a new run, the same --embeds-dir
+    with cli_error(r"--embeds-dir .*embeds: already holds <new1>'s learned embeddings \(new1.safetensors\); "
+                   "add --overwrite"):
+        p3.main(again)
+    assert first.embeds.read_bytes() == learned and not (tmp_path / "other_runs").exists()
+    p3.main(again + ["--overwrite", "--seed", "1"])
+    assert first.embeds.read_bytes() != learned
+
+
+def test_num_vectors_that_do_not_fit_the_prompt_are_refused(tiny_sd, shared, tmp_path, cli_error):
+    """77 tokens hold the start and end tokens, the caption's words and the learned vectors: more are cut off
+    (the last vectors would never train, or a second concept's token would vanish from the prompt)."""
+    with cli_error(r"--num-vectors 70: '.*<new1>.*' takes \d+ tokens with its learned vectors, more than the text "
+                   "encoder's 77"):
+        p3.main(train_args(tiny_sd, shared, tmp_path, "--steps", "1", "--num-vectors", "70"))
+    assert not (tmp_path / "embeds").exists() and not (tmp_path / "runs" / "new1" / "train_log.jsonl").exists()
+    embeds = tmp_path / "embeds"
+    save_learned_embeds(p3.embeds_path(embeds, "<new1>"), "<new1>", torch.zeros(1, 32))
+    save_learned_embeds(p3.embeds_path(embeds, "<new3>"), "<new3>", torch.zeros(72, 32))
+    (tmp_path / "input.json").write_text(json.dumps({"0": {"token_name": "<new1>",
+                                                           "prompt": ["a <new3> next to a <new1>"]}}))
+    with cli_error(r"input.json: 'a <new3> next to a <new1>' takes 79 tokens"):  # start, a, 72, next, to, a, 1, end
+        p3.main(["generate", str(tmp_path / "input.json"), str(tmp_path / "out"), str(tiny_sd[0]),
+                 "--embeds-dir", str(embeds), "--steps", "1", "--quiet", *RES])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_embedding_is_named_and_nothing_is_written(tiny_sd, tmp_path, cli_error):
+    vectors = torch.zeros(2, 32)
+    vectors[1, 5] = float("nan")
+    save_learned_embeds(p3.embeds_path(tmp_path / "embeds", "<new1>"), "<new1>", vectors)
+    (tmp_path / "input.json").write_text(json.dumps({"0": {"token_name": "<new1>", "prompt": ["A <new1>."]}}))
+    with cli_error(r"new1.safetensors: NaN or inf in tensor <new1>\n$"):
+        p3.main(["generate", str(tmp_path / "input.json"), str(tmp_path / "out"), str(tiny_sd[0]),
+                 "--embeds-dir", str(tmp_path / "embeds"), "--steps", "1", "--quiet", *RES])
+    assert not (tmp_path / "out").exists()
+
+
+def test_sampling_that_gives_nan_is_an_error(tiny_sd, embeds_dir):
+    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>"])
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias[0] = float("nan")  # as an fp16 overflow or a broken VAE would
+    with pytest.raises(UserError, match=r"sampling 'A <new1>.' \(seeds 0..1\) gave NaN or inf"):
+        p3.sample(pipe, "A <new1>.", 2, p3.Sampling(batch_size=2, steps=1))

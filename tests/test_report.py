@@ -275,7 +275,7 @@ def test_bad_inputs_are_one_line_errors(outputs, tmp_path, cli_error):
     (tmp_path / "p1" / "eval.json").unlink()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
-    with cli_error(r"train_log.jsonl line 1: expected an object with step, loss and lr"):
+    with cli_error(r"train_log.jsonl line 1: missing key lr\n$"):
         report.main([str(tmp_path), "--run-dir", str(tmp_path / "run")])
 
 
@@ -318,3 +318,46 @@ def test_run_all_train_end_to_end(shared, tiny_data, tmp_path):
     for target in links(text):
         assert (out / unquote(target)).is_file(), target
     assert "**Not available yet.**" in section(text, "Problem 2")  # no face data in the tiny hw2_data
+
+
+CASE = {"file": "0_1.png", "true_label": "apple", "pred_label": "bed", "probability": 0.5, "true_probability": 0.1}
+CLIP = {"accuracy": 0.5, "top5_accuracy": 0.9, "n": 12, "per_class": {"apple": {"accuracy": 0.5}},
+        "successes": [CASE], "failures": []}
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("p1/eval.json", '{"mean": NaN}', "p1/eval.json: mean: expected a finite number in 0..1, found NaN"),
+    ("p1/eval.json", '{"mean": 0.5, "svhn": {"n": 3, "accuracy": -1, "per_digit": {}}}',
+     "p1/eval.json: svhn.accuracy: expected a finite number in 0..1, found -1"),
+    ("p1/sampling.json", '{"steps": "five"}', "p1/sampling.json: steps: expected an integer >= 1, found 'five'"),
+    ("p2/mse.json", "[1, 2]", r"p2/mse.json: expected an object, found \[1, 2\]"),
+    ("p2/mse.json", '{"per_image": {"00": Infinity}, "mean": 1}',
+     "p2/mse.json: per_image.00: expected a finite number >= 0, found Infinity"),
+    ("p2/mse.json", '{"per_image": {"00": 1.5}}', "p2/mse.json: missing key mean"),
+    ("p3_clip/results.json", json.dumps({**CLIP, "per_class": []}), "results.json: per_class: expected an object"),
+    ("p3_clip/results.json", json.dumps({**CLIP, "successes": [{**CASE, "file": "../../x.png"}]}),
+     r"results.json: successes\[0\].file '../../x.png': not a plain file or folder name"),
+    ("p3_ti_scores.json", '{"concept": "0"}', "p3_ti_scores.json: expected a list, found"),
+    ("p3_ti_scores.json", json.dumps([{"concept": "0", "prompt": 0, "image_score": 1, "text_score": "2",
+                                       "baseline": [1, 2], "pass": True}]),
+     "p3_ti_scores.json: \\[0\\].text_score: expected a finite number, found '2'"),
+    ("run_info.json", '{"p1": ["ddim"]}', "run_info.json: p1: expected an object, found \\['ddim'\\]")])
+def test_json_of_the_wrong_shape_is_one_line_naming_file_and_key(tmp_path, file, content, message, cli_error):
+    """NaN, inf, a number out of range, a list for an object, a string for a number: the report prints none of
+    them as a result, and says which file and key in one line."""
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text(content)
+    with cli_error(message) as err:
+        report.main([str(tmp_path)])
+    assert err.message.count("\n") == 1 and not (tmp_path / "report.md").exists()
+
+
+def test_accuracy_curve_of_the_wrong_shape_names_file_and_key(tmp_path, cli_error):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "accuracy.json").write_text(json.dumps({"rows": [{"train_step": None}]}))
+    with cli_error(r"accuracy.json: rows\[0\].train_step: expected an integer >= 0, found None\n$"):
+        report.main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")])
+    (tmp_path / "run" / "train_log.jsonl").write_text('{"step": 1, "loss": NaN, "lr": 0.1}\n')
+    with cli_error(r"train_log.jsonl line 1: loss: expected a finite number, found NaN\n$"):
+        report.main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")])

@@ -77,7 +77,13 @@ def test_training_log_has_the_learning_rate_of_every_step(shared, tmp_path):
     # the resumed run asks for 8 steps: the cosine now spans 6 steps, at 4/6 and 5/6 of it
     expected = [0.5e-3, 1e-3, 1e-3, 0.86819805e-3, 0.55e-3, 0.23180195e-3, 0.325e-3, 0.16028857e-3]
     assert [line["lr"] for line in lines] == pytest.approx(expected, rel=1e-7)
-    assert all(0.1 < line["loss"] < 10 for line in lines)
+    # a line logs the mean loss of the steps since the previous line: the same run logged every 3 steps
+    p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(tmp_path / "every3"), "--steps", "6", "--lr",
+                        "1e-3", "--warmup", "2", "--log-every", "3", *TINY])
+    every3 = [json.loads(line) for line in (tmp_path / "every3" / "train_log.jsonl").read_text().splitlines()]
+    losses = [line["loss"] for line in lines[:6]]
+    assert len(set(losses)) == 6 and [line["step"] for line in every3] == [3, 6]
+    assert [line["loss"] for line in every3] == pytest.approx([np.mean(losses[:3]), np.mean(losses[3:])], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------- TI augmentation

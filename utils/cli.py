@@ -1,5 +1,6 @@
 """Command-line helpers shared by the scripts: argument types that refuse bad values up front,
-an early check that an output folder can be written, and output folders that are replaced whole.
+an early check that an output folder can be written, names read from data files kept inside their
+folder, outputs kept apart from inputs, and output folders that are replaced whole.
 
 The argument types raise `argparse.ArgumentTypeError`, so argparse prints
 `PROG: error: argument --steps: ...` and exits 2, before any work starts.
@@ -9,9 +10,9 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from utils.errors import UserError
 
@@ -52,6 +53,54 @@ def check_writable_dir(path: Path, flag: str = "OUT_DIR") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {parent} is not writable")
     return path
+
+
+def safe_name(name, what: str) -> str:
+    """`name`, read from a data file (a csv row, a json key), as one plain file or folder name: a
+    UserError naming `what` if it is empty, '.', '..', absolute or holds a path separator, so that
+    `folder / name` stays in `folder`. A string check only: cheap enough for every row of a csv."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+            or os.path.isabs(name)):
+        raise UserError(f"{what} {name!r}: not a plain file or folder name (no '/', '\\', '.' or '..')")
+    return name
+
+
+def inside(folder: Path, name, what: str) -> Path:
+    """`folder / name` for a plain `name` (`safe_name`) that also resolves inside `folder` (no symbolic link
+    at `name` leading out of it)."""
+    path = Path(folder) / safe_name(name, what)
+    if not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise UserError(f"{what} {name!r}: {path} resolves outside {folder}")
+    return path
+
+
+def check_apart(out: Path, flag: str, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output `out` that is, contains or lies inside one of the `inputs` ({what: path}, None
+    entries skipped): replacing `out` whole would delete that input, or write into it."""
+    mine = Path(out).resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        theirs = Path(path).resolve()
+        relation = ("is" if mine == theirs else "contains" if theirs.is_relative_to(mine)
+                    else "lies inside" if mine.is_relative_to(theirs) else None)
+        if relation:
+            raise UserError(f"{flag} {out} {relation} the {what} {path}: it would be overwritten; "
+                            f"choose another {flag}")
+
+
+def check_replaceable(folder: Path, flag: str, ours: Callable[[PurePosixPath], bool]) -> None:
+    """Refuse to replace `folder` whole (`staged_dir`) while it holds a file that `ours` (given the path
+    relative to `folder`) does not take for this program's output: a folder named by mistake (the project,
+    a data folder) would be lost with it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        relative = PurePosixPath(path.relative_to(folder).as_posix())
+        if not path.is_dir() and not ours(relative):
+            raise UserError(f"{flag} {folder}: holds {relative}, which this program does not write; {flag} is "
+                            "replaced whole, so choose a new or empty folder")
 
 
 @contextmanager

@@ -6,17 +6,23 @@
 - per prompt, the 5 of the 25 images with the best image + 2.5 x text are kept and both scores
   averaged over them, then compared with the json's baseline.
 """
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from utils.errors import UserError
+from utils.errors import UserError, reason
 from utils.images import load_rgb
 from utils.ti_data import image_files
 
 IMAGES_PER_PROMPT = 25  # the course's evaluator refuses any other count
 TOP_K, TEXT_WEIGHT = 5, 2.5
+
+
+def generated_file(relative: PurePosixPath) -> bool:
+    """True for a path of the graded layout, {concept id}/{prompt index}/{k}.png (relative to OUT_DIR)."""
+    parts = relative.parts
+    return len(parts) == 3 and parts[1].isdigit() and relative.suffix == ".png" and relative.stem.isdigit()
 
 
 class ClipScorer:
@@ -31,7 +37,7 @@ class ClipScorer:
             self.model = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval().to(device)
             self.processor = CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise UserError(f"{clip_dir}: cannot load the CLIP model or processor ({e})") from None
+            raise UserError(f"{clip_dir}: cannot load the CLIP model or processor ({reason(e)})") from None
         self.device, self.batch_size = device, batch_size
 
     @torch.no_grad()

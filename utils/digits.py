@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from utils.cli import safe_name
 from utils.errors import UserError
 from utils.images import load_rgb
 
@@ -20,7 +21,8 @@ IMAGE_SIZE = 28
 
 
 def read_split_csv(csv_path: Path) -> list[tuple[str, int]]:
-    """Rows `(image_name, label)` of a course csv (header `image_name,label`), validated."""
+    """Rows `(image_name, label)` of a course csv (header `image_name,label`), validated: every image_name
+    a plain file name (of the data/ folder beside the csv)."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: csv file not found")
     with open(csv_path, newline="") as f:
@@ -31,8 +33,7 @@ def read_split_csv(csv_path: Path) -> list[tuple[str, int]]:
         rows = []
         for line, row in enumerate(reader, start=2):
             name, label = (row["image_name"] or "").strip(), (row["label"] or "").strip()
-            if not name:
-                raise UserError(f"{csv_path} line {line}: empty image_name")
+            safe_name(name, f"{csv_path} line {line}: image_name")  # a file of data/, never a path out of it
             try:
                 value = int(label)
             except ValueError:

@@ -1,13 +1,13 @@
 """Pack the digit data sets into a few lossless files, and unpack them back into the course layout.
 
-For moving the training data to another machine (a lent GPU, Colab, a cluster): 75,000 small PNGs
+For moving the training data to another machine (a GPU server, Colab, a cluster): 75,000 small PNGs
 (127 MB) become 77 WebP mosaics of 1,024 images each (85 MiB, lossless), split if asked
 into parts of at most `--part-mib` MiB. Unpacking writes `ROOT/{data set}/data/*.png` and the csv,
 so every script reads the data exactly as before: the same pixels as `utils.digits.load_split` sees
 in the original (a round trip through WebP lossless and PNG changes none).
 
-    python -m utils.digits_pack pack ../shared/hw2_data/digits .carry/digits --part-mib 38
-    python -m utils.digits_pack unpack .carry/digits hw2_data/digits
+    python -m utils.digits_pack pack hw2_data/digits digits_pack --part-mib 38
+    python -m utils.digits_pack unpack digits_pack hw2_data/digits
 """
 import argparse
 import json
@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.cli import positive_float, positive_int
+from utils.cli import inside, positive_float, positive_int, safe_name
 from utils.digits import DATASETS, IMAGE_SIZE, load_split, read_split_csv
-from utils.errors import UserError, cli
+from utils.errors import UserError, cli, reason
 from utils.images import load_rgb
 
 MANIFEST = "pack.json"
@@ -111,8 +111,13 @@ def unpack(src: Path, root: Path) -> dict[str, int]:
         for key, n in manifest["splits"].items():
             dataset, split = key.split("/")  # ValueError unless "dataset/split"
             splits.append((dataset, split, n))
+        if not all(isinstance(v, int) and v > 0 for v in (tiles, size, *(n for *_, n in splits))):
+            raise ValueError("tiles, image_size and the image counts must be positive integers")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{found[MANIFEST]}: malformed manifest ({type(e).__name__}: {e})") from None
+        raise UserError(f"{found[MANIFEST]}: malformed manifest ({reason(e)})") from None
+    for dataset, split, _ in splits:  # they name ROOT/{dataset}/{split}.csv: folders of ROOT, files of them
+        inside(root, dataset, f"{found[MANIFEST]}: data set")
+        safe_name(split, f"{found[MANIFEST]}: split")
     per, side = tiles * tiles, tiles * size
     # check that every part is here before anything is written
     needed = {(d, s): [csv_name(d, s)] + [mosaic_name(d, s, k) for k in range(math.ceil(n / per))] for d, s, n in splits}
@@ -123,12 +128,15 @@ def unpack(src: Path, root: Path) -> dict[str, int]:
     for dataset, split, _ in splits:
         if (target := Path(root) / dataset / f"{split}.csv").exists():
             raise UserError(f"{target} already exists; unpack into a new folder")
+    tables = {}  # every csv read and checked (row count, plain image names) before the first image is written
     for dataset, split, n in splits:
-        csv_file, *mosaics = needed[dataset, split]
-        csv = found[csv_file]
-        rows = read_split_csv(csv)
+        csv = found[needed[dataset, split][0]]
+        tables[dataset, split] = rows = read_split_csv(csv)
         if len(rows) != n:
             raise UserError(f"{csv}: {len(rows)} rows, the manifest says {n}")
+    for dataset, split, _ in splits:
+        csv_file, *mosaics = needed[dataset, split]
+        rows = tables[dataset, split]
         data = Path(root) / dataset / "data"
         data.mkdir(parents=True, exist_ok=True)
         for k, name in enumerate(tqdm(mosaics, desc=f"unpack {dataset}/{split}")):
@@ -139,7 +147,7 @@ def unpack(src: Path, root: Path) -> dict[str, int]:
             for (image, _), array in zip(rows[k * per:(k + 1) * per], tile):
                 # not utils.images.save_png: level 1 writes the 74,794 files about 25% faster, on GPU time
                 Image.fromarray(array).save(data / image, compress_level=1)
-        (Path(root) / dataset / f"{split}.csv").write_bytes(csv.read_bytes())  # last: a csv means complete
+        (Path(root) / dataset / f"{split}.csv").write_bytes(found[csv_file].read_bytes())  # last: a csv means complete
     return {f"{dataset}/{split}": n for dataset, split, n in splits}
 
 

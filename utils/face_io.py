@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.errors import UserError
+from utils.errors import UserError, reason
 
 
 def load_noise(path: Path) -> torch.Tensor:
@@ -13,15 +13,17 @@ def load_noise(path: Path) -> torch.Tensor:
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"{path}: not a readable tensor file ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable tensor file ({reason(e)})") from None
     if not isinstance(x, torch.Tensor):
         raise UserError(f"{path}: expected a tensor, found {type(x).__name__}")
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
     if x.dim() != 3 or x.shape[0] != 3 or x.shape[1] % 32 or x.shape[2] % 32:
         raise UserError(f"{path}: expected shape (1, 3, H, W) with H and W multiples of 32, found {tuple(x.shape)}")
-    if not x.is_floating_point() or not torch.isfinite(x).all():
-        raise UserError(f"{path}: expected finite floating-point noise, found dtype {x.dtype}")
+    if not x.is_floating_point():
+        raise UserError(f"{path}: expected floating-point noise, found dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise UserError(f"{path}: the noise holds NaN or inf ({int((~torch.isfinite(x)).sum())} values)")
     return x.float()
 
 
@@ -74,7 +76,7 @@ def load_ground_truth(gt_dir: Path, names: list[str], size: tuple[int, int]) -> 
         try:
             image = np.asarray(Image.open(path).convert("RGB"))
         except OSError as e:
-            raise UserError(f"{path}: not a readable image ({e})") from None
+            raise UserError(f"{path}: not a readable image ({reason(e)})") from None
         if image.shape[:2] != tuple(size):
             raise UserError(f"{path}: size {image.shape[:2]} differs from the noise's {tuple(size)}")
         images.append(image)

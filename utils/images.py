@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.errors import UserError
+from utils.errors import UserError, reason
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -22,7 +22,7 @@ def load_rgb(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise UserError(f"{path}: image not found") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three for broken files
-        raise UserError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot read image ({reason(e)})") from None
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

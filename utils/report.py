@@ -2,7 +2,9 @@
 
 Every number in the report is read from a JSON file (never typed in); every figure is linked
 relatively with a caption saying how it was made. A section whose inputs are missing says what
-to put where and the command that makes it; the other sections are still written.
+to put where and the command that makes it; the other sections are still written. A JSON file of
+the wrong shape (a list for an object, a string, NaN, inf or an out-of-range value for a number) is
+a one-line error naming the file and the key: nothing is printed from it as a result.
 
 Inputs, relative to OUTPUTS_DIR (the layout `run_all.sh` writes):
   run_info.json             the flags run_all.sh used (checkpoints, samplers, steps, guidance, seeds)
@@ -27,6 +29,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from utils.cli import safe_name
 from utils.errors import UserError
 
 DATASET_NAMES = {"mnistm": "MNIST-M", "svhn": "SVHN"}
@@ -36,8 +39,125 @@ FILES = "report_files"  # folder beside report.md for the curves and thumbnails
 
 
 # ------------------------------------------------------------------------------------------ reading
-def read_json(path: Path, kind: type = dict, required: tuple = ()):
-    """A JSON file's content, or None if the file does not exist; a malformed one is a UserError."""
+# What the report reads is checked against the shape it prints: a spec is a function (value, file, key) that
+# returns the value or raises a one-line UserError naming the file and the key (a wrong type, NaN, inf, a
+# number out of range). Keys beyond a spec's are allowed: the programs record more than the report prints.
+def _wrong(file: Path, key: str, expected: str, value) -> UserError:
+    shown = json.dumps(value) if isinstance(value, float) and not math.isfinite(value) else repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return UserError(f"{file}: {key + ': ' if key else ''}expected {expected}, found {shown}")
+
+
+def number(lo: float = -math.inf, hi: float = math.inf, integer: bool = False):
+    """A finite JSON number in lo..hi (an integer if `integer`)."""
+    base = "an integer" if integer else "a finite number"
+    what = base + (f" in {lo:g}..{hi:g}" if math.isfinite(lo) and math.isfinite(hi) else
+                   f" >= {lo:g}" if math.isfinite(lo) else f" <= {hi:g}" if math.isfinite(hi) else "")
+
+    def check(value, file, key):
+        if (isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+                or not math.isfinite(value) or not lo <= value <= hi):
+            raise _wrong(file, key, what, value)
+        return value
+    return check
+
+
+def kind(type_: type, what: str):
+    """A JSON value of one Python type (str, bool)."""
+    def check(value, file, key):
+        if not isinstance(value, type_):
+            raise _wrong(file, key, what, value)
+        return value
+    return check
+
+
+text, boolean = kind(str, "a string"), kind(bool, "true or false")
+share, count = number(0, 1), number(0, integer=True)
+
+
+def plain_name(value, file, key):
+    """A string that is one plain file or folder name: it names a file the report reads or writes."""
+    return safe_name(text(value, file, key), f"{file}: {key}")
+
+
+def nullable(spec):
+    """The spec's value, or null."""
+    return lambda value, file, key: None if value is None else spec(value, file, key)
+
+
+class optional:
+    """A key of `fields` that may be absent."""
+    def __init__(self, spec):
+        self.spec = spec
+
+
+def fields(**specs):
+    """An object with these keys (each required unless `optional`), and any others."""
+    def check(value, file, key):
+        if not isinstance(value, dict):
+            raise _wrong(file, key, "an object", value)
+        for name, spec in specs.items():
+            if name in value:
+                (spec.spec if isinstance(spec, optional) else spec)(value[name], file, f"{key}.{name}".lstrip("."))
+            elif not isinstance(spec, optional):
+                raise UserError(f"{file}: {key + ': ' if key else ''}missing key {name}")
+        return value
+    return check
+
+
+def list_of(spec, size: int | None = None):
+    """A list of values of the spec (of exactly `size` items if given)."""
+    def check(value, file, key):
+        if not isinstance(value, list) or (size is not None and len(value) != size):
+            raise _wrong(file, key, "a list" if size is None else f"a list of {size}", value)
+        for i, item in enumerate(value):
+            spec(item, file, f"{key}[{i}]")
+        return value
+    return check
+
+
+def dict_of(spec):
+    """An object of any keys, each value of the spec."""
+    def check(value, file, key):
+        if not isinstance(value, dict):
+            raise _wrong(file, key, "an object", value)
+        for name, item in value.items():
+            spec(item, file, f"{key}.{name}".lstrip("."))
+        return value
+    return check
+
+
+# the settings a caption names (Report.settings), as run_info.json and p1/sampling.json record them
+SETTING_KEYS = {name: optional(nullable(spec)) for name, spec in {
+    "ckpt": text, "unet": text, "model": text, "embeds_dir": text, "sampler": text, "dtype": text,
+    "steps": number(1, integer=True), "guidance": number(0), "eta": share, "seed": count}.items()}
+RUN_INFO = fields(trained=optional(boolean), p1=optional(fields(**SETTING_KEYS)), p2=optional(fields(**SETTING_KEYS)),
+                  p3_clip=optional(fields(val_dir=optional(text))),
+                  p3_ti=optional(fields(input_json=optional(text), **SETTING_KEYS)))
+P1_SAMPLING = fields(**SETTING_KEYS)
+TRAIN_RECORD = fields(step=count, loss=number(), lr=number(0))  # a line of a train_log.jsonl
+P1_SCORES = fields(mean=share, classifiers=optional(dict_of(text)),
+                   **{d: optional(fields(n=count, accuracy=share, per_digit=dict_of(share))) for d in DATASET_NAMES})
+P1_CURVE = fields(per_digit=optional(count), rows=list_of(fields(
+    train_step=count, sampler=text, steps=number(1, integer=True), guidance=number(0),
+    **{d: share for d in (*DATASET_NAMES, "mean")})))
+P2_MSE = fields(per_image=dict_of(number(0)), mean=number(0), steps=optional(number(1, integer=True)),
+                eta=optional(share), dtype=optional(text), convention=optional(text), baseline=optional(number(0)),
+                passed=optional(boolean))
+CLIP_CASE = fields(file=plain_name, true_label=text, pred_label=text, probability=share, true_probability=share)
+CLIP_RESULTS = fields(accuracy=share, top5_accuracy=share, n=count, n_classes=optional(count), model=optional(text),
+                      pretrained=optional(text), templates=optional(list_of(text)),
+                      per_class=dict_of(fields(class_id=optional(number(integer=True)), n=optional(count),
+                                               accuracy=nullable(share))),
+                      successes=list_of(CLIP_CASE), failures=list_of(CLIP_CASE))
+TI_SCORES = list_of(fields(concept=plain_name, prompt=count, image_score=number(), text_score=number(),
+                           baseline=list_of(number(), 2), **{"pass": boolean}))
+TI_PROMPTS = dict_of(fields(prompt=optional(list_of(text))))  # the course's input.json, for the prompts' text
+
+
+def read_json(path: Path, spec):
+    """A JSON file's content checked against `spec`, or None if the file does not exist; a file that is not
+    JSON, or not of the spec's shape, is a one-line UserError naming the file and the key."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -45,12 +165,7 @@ def read_json(path: Path, kind: type = dict, required: tuple = ()):
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, kind):
-        raise UserError(f"{path}: expected a JSON {kind.__name__}, found {type(data).__name__}")
-    absent = [k for k in required if k not in data]
-    if absent:
-        raise UserError(f"{path}: missing key(s) {', '.join(absent)}")
-    return data
+    return spec(data, path, "")
 
 
 def read_train_log(path: Path) -> list[dict]:
@@ -67,9 +182,7 @@ def read_train_log(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or any(k not in record for k in ("step", "loss", "lr")):
-            raise UserError(f"{path} line {number}: expected an object with step, loss and lr, found {line[:80]!r}")
-        records[int(record["step"])] = record
+        records[TRAIN_RECORD(record, f"{path} line {number}", "")["step"]] = record
     if not records:
         raise UserError(f"{path}: no records")
     return [records[s] for s in sorted(records)]
@@ -216,7 +329,7 @@ class Report:
 # ---------------------------------------------------------------------------------------- sections
 def p1_section(r: Report, run_dir: Path | None) -> None:
     p1 = r.out / "p1"
-    used = read_json(p1 / "sampling.json")  # what p1_ddpm_sample.py sampled with
+    used = read_json(p1 / "sampling.json", P1_SAMPLING)  # what p1_ddpm_sample.py sampled with
     made = r.settings("p1", ("ckpt", "sampler", "steps", "guidance", "seed", "dtype"), used)
     sample_cmd = f"python p1_ddpm_sample.py {r.shown(p1)} --ckpt checkpoints/p1_ddpm.pt --grid --reverse-process"
     r.add("## Problem 1: conditional DDPM on MNIST-M and SVHN", "")
@@ -232,7 +345,7 @@ def p1_section(r: Report, run_dir: Path | None) -> None:
                  f"{reverse_made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
 
     r.add("### Accuracy of the graded images", "")
-    scores = read_json(p1 / "eval.json", required=("mean",))
+    scores = read_json(p1 / "eval.json", P1_SCORES)
     if scores is None:
         r.missing(f"`{r.shown(p1 / 'eval.json')}` is missing. Put the course's MNIST-M classifier at "
                   "`Classifier.pth` (project root) and sample the images first.",
@@ -266,7 +379,7 @@ def training_section(r: Report, run_dir: Path) -> None:
         r.missing(f"`{r.shown(log)}` is missing (p1_ddpm_train.py appends one line per logged step).",
                   f"python p1_ddpm_train.py --data-root hw2_data/digits --out-dir {r.shown(run_dir)} --resume")
     acc_json = run_dir / "accuracy.json"
-    acc = read_json(acc_json, required=("rows",))
+    acc = read_json(acc_json, P1_CURVE)
     if acc is None or not acc["rows"]:
         r.missing(f"`{r.shown(acc_json)}` is missing: no kept checkpoints were scored.",
                   f"python p1_ddpm_train.py ... --out-dir {r.shown(run_dir)} --keep-every 1000\n"
@@ -291,7 +404,7 @@ def p2_section(r: Report) -> None:
                "(see hw2_data/README.md).")
     made = r.settings("p2", ("unet", "steps", "seed", "dtype"))
     r.add("## Problem 2: DDIM with the course's face UNet", "")
-    mse = read_json(p2 / "mse.json", required=("per_image", "mean"))
+    mse = read_json(p2 / "mse.json", P2_MSE)
     r.add("### MSE against the ground truth", "")
     if mse is None:
         r.missing(f"`{r.shown(p2 / 'mse.json')}` is missing. {provide}", cmd)
@@ -320,8 +433,7 @@ def p3_clip_section(r: Report) -> None:
     info = r.info.get("p3_clip") or {}
     val_dir = Path(info.get("val_dir", "hw2_data/clip_zeroshot/val"))
     r.add("## Problem 3: CLIP zero-shot classification", "")
-    results = read_json(folder / "results.json", required=("accuracy", "top5_accuracy", "n", "per_class",
-                                                           "successes", "failures"))
+    results = read_json(folder / "results.json", CLIP_RESULTS)
     if results is None:
         r.missing(f"`{r.shown(folder / 'results.json')}` is missing. Put the validation images in "
                   "`hw2_data/clip_zeroshot/val/`, `id2label.json` beside them and the ViT-B-32 weights where "
@@ -360,7 +472,7 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
     scores_json, images = r.out / "p3_ti_scores.json", r.out / "p3_ti"
     made = r.settings("p3_ti", ("model", "embeds_dir", "sampler", "steps", "guidance", "seed"))
     r.add("## Problem 3: textual inversion on Stable Diffusion v1", "")
-    scores = read_json(scores_json, kind=list)
+    scores = read_json(scores_json, TI_SCORES)
     if scores is None:
         r.missing(f"`{r.shown(scores_json)}` is missing. Put `sd-v1-4.ckpt`, `clip-vit-base-patch32/` and "
                   "`textual_inversion/` under `hw2_data/` (see docs/p3_textual_inversion.md), learn the tokens, "
@@ -401,11 +513,10 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
 
 def _ti_prompts(input_json: Path) -> dict:
     """(concept id, prompt index) -> prompt text, from the course's input.json when it is there."""
-    data = read_json(input_json)
+    data = read_json(input_json, TI_PROMPTS)
     if data is None:
         return {}
-    return {(cid, i): p for cid, entry in data.items() if isinstance(entry, dict)
-            for i, p in enumerate(entry.get("prompt", []))}
+    return {(cid, i): p for cid, entry in data.items() for i, p in enumerate(entry.get("prompt", []))}
 
 
 def p3_cd_section(r: Report) -> None:
@@ -429,7 +540,7 @@ def build(out_dir: Path, files_dir: Path, run_dir: Path | None = None, ti_run_di
           cwd: Path | None = None) -> str:
     """The markdown of OUTPUTS_DIR/report.md; curves and thumbnails are written to `files_dir`."""
     info_path = out_dir / "run_info.json"
-    info = read_json(info_path)
+    info = read_json(info_path, RUN_INFO)
     r = Report(out_dir, files_dir, info, cwd or Path.cwd())
     r.add("# DLCV HW2 report", "",
           f"Assembled by `report.py` from the outputs in `{r.shown(out_dir)}`: every number below is read from "

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from utils.cli import safe_name
 from utils.errors import UserError
 from utils.images import load_rgb
 
@@ -143,11 +144,12 @@ def read_prompt_file(path: Path) -> list[Concept]:
     concepts = []
     for cid, entry in data.items():
         where = f"{path}: concept {cid!r}"
+        safe_name(cid, f"{path}: concept id")  # it names the folder OUT_DIR/{id}/ its images go to
         if not isinstance(entry, dict):
             raise UserError(f"{where}: expected an object, found {type(entry).__name__}")
         missing = [k for k in ("token_name", "prompt") if k not in entry]
         if missing:
-            raise UserError(f"{where}: missing {', '.join(missing)} (has {', '.join(sorted(entry)) or 'nothing'})")
+            raise UserError(f"{where}: missing {' and '.join(missing)}")
         token = entry["token_name"]
         if not isinstance(token, str) or not LEARNED_TOKEN.fullmatch(token):
             raise UserError(f"{where}: token_name must look like '<new1>', found {token!r}")
