@@ -16,39 +16,18 @@ halves a guidance-distilled network's DDIM steps (Salimans & Ho 2022, progressiv
 steps against the teacher's 2K; the student's checkpoint samples with DDIM K by default.
 """
 import argparse
-import copy
-import math
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
-from models.context_unet import ARCHS, build_from_config, load_p1_model
-from models.diffusion import (
-    alphas_cumprod,
-    drop_condition,
-    epsilon_loss,
-    guidance_distillation_loss,
-    linear_betas,
-    step_distillation_loss,
-    trailing_timesteps,
-)
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from models import p1_training
+from models.p1_networks import ARCHS, load_p1_model
+from utils.checkpoint import load_checkpoint
 from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from utils.digits import DATASETS, DigitData
 from utils.errors import UserError, cli
 from utils.runtime import add_dtype_flag, seed_everything
-from utils.training import (
-    LossMeter,
-    TrainLog,
-    accelerated,
-    describe,
-    generator_states,
-    process_generator,
-    resume_note,
-)
+from utils.training import accelerated, describe, resume_note
 
 PROG = "p1_ddpm_train.py"
 # the flags a checkpoint's config records: a resumed run keeps the checkpoint's values, and refuses one given
@@ -156,40 +135,6 @@ def channel_mult(text: str) -> tuple[int, ...]:
     return mult
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay from 1 to 0.1 at step `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * param, for all tensors in one fused foreach call."""
-    torch._foreach_lerp_(ema_params, params, 1 - decay)
-
-
-class Batch(NamedTuple):
-    """One process's draw for one step (CPU tensors): image indices, conditions after dropout, timesteps, noise."""
-    idx: torch.Tensor                  # (B,) rows of the data set
-    cond: tuple[torch.Tensor, ...]     # (digit (B,), data set (B,)), null classes where dropped
-    t: torch.Tensor                    # (B,) int64 in 0..T-1
-    noise: torch.Tensor                # (B, 3, 28, 28)
-    w: torch.Tensor | None = None      # (B,) guidance weights (guidance distillation only)
-
-
-def draw_batch(gen: torch.Generator, weights: torch.Tensor, labels: tuple[torch.Tensor, ...], null: tuple[int, ...],
-               n: int, num_timesteps: int, p_uncond: float, w_range: tuple[float, float] | None = None) -> Batch:
-    """All of a step's randomness, from `gen` alone and in a fixed order (so a resumed run continues exactly)."""
-    idx = torch.multinomial(weights, n, replacement=True, generator=gen)
-    cond = drop_condition(tuple(label[idx] for label in labels), null, p_uncond, gen)
-    t = torch.randint(0, num_timesteps, (n,), generator=gen)
-    noise = torch.randn((n, 3, 28, 28), generator=gen)
-    w = None if w_range is None else w_range[0] + (w_range[1] - w_range[0]) * torch.rand(n, generator=gen)
-    return Batch(idx, cond, t, noise, w)
-
-
 def check_out_dir(out_dir: Path, resume: bool) -> Path | None:
     """OUT_DIR/last.pt to resume from (or None); refuse to start a fresh run over an earlier one."""
     check_writable_dir(out_dir, "--out-dir")
@@ -254,21 +199,11 @@ def distillation_config(args, config: dict) -> dict:
                                        "steps": args.student_steps}}
 
 
-def train(args) -> Path:
-    with accelerated(args.device, args.dtype, cuda="bf16", cpu="bf16") as (accelerator, dtype):
-        return _train(args, accelerator, dtype)
-
-
-def _train(args, accelerator, dtype) -> Path:
+def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, torch.nn.Module | None]:
+    """(config, state, init, teacher) of the run the flags ask for: a fresh network's config from the flags, or
+    OUT_DIR/last.pt to resume (`state`, its config), or --init-from / --distill-* weights to start from (`init`,
+    their config), and for a distillation the teacher network."""
     main_process = accelerator.is_main_process
-    if main_process:
-        print(describe(accelerator), flush=True)
-    else:
-        describe(accelerator)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)  # the network's initialisation: the same in every process
-    device = accelerator.device
     last = check_out_dir(args.out_dir, args.resume)
     model = {"in_channels": 3, "n_feat": args.n_feat, "num_digits": 10, "num_datasets": len(DATASETS)}
     if args.arch == "channel_mult_unet":
@@ -276,7 +211,7 @@ def _train(args, accelerator, dtype) -> Path:
     config = {"model": model,
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}
-    state = init = None
+    state = init = teacher = None
     start_from = args.init_from or args.distill_guidance or args.distill_steps  # at most one (parse_args)
     if last is not None:
         state = load_checkpoint(last, required=("config", "model", "ema", "optimizer", "step"),
@@ -294,108 +229,31 @@ def _train(args, accelerator, dtype) -> Path:
         config = distillation_config(args, config)
         if main_process:
             print(f"starting from the weights of {start_from}")
-    teacher = distill = None
     if "distillation" in config:
-        distill = config["distillation"]
-        teacher_path = args.distill_guidance or args.distill_steps or distill["teacher"]  # on resume: the config's
+        # the flag's teacher, or on resume the one the config names
+        teacher_path = args.distill_guidance or args.distill_steps or config["distillation"]["teacher"]
         teacher, teacher_config = load_p1_model(teacher_path)
         if teacher_config["schedule"] != config["schedule"]:
             raise UserError(f"teacher {teacher_path}: its noise schedule "
                             f"{teacher_config['schedule']} is not the student's {config['schedule']}")
-        teacher = teacher.to(device).requires_grad_(False)
-    config = {**config, "training": {"num_processes": accelerator.num_processes, "batch_per_process": args.batch_size,
-                                     "global_batch": args.batch_size * accelerator.num_processes}}
+    return config, state, init, teacher
 
-    data = DigitData(args.data_root, limit=args.limit)
-    weights = data.balanced_weights() if args.balanced else torch.ones(len(data), dtype=torch.double)
-    images, labels = data.images.to(device), (data.digits, data.sets)  # the images on the device once
-    net = build_from_config(config)
-    step = 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        step = state["step"]
-    elif init is not None:  # a distilled student's guidance embedding is not in its teacher: it starts at zero
-        missing = net.load_state_dict(init, strict=teacher is None).missing_keys
-        assert all(k.startswith("w_emb.") for k in missing), missing
-    net.to(device)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    if state is not None:
-        ema.load_state_dict(state["ema"])
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-    saved_gens = None if state is None else state.get("generators", [state["generator"]] if "generator" in state else None)
-    gen = process_generator(accelerator, args.seed, saved_gens, step)
-    null = (net.null_digit, net.null_dataset)
-    ema_params, params = list(ema.parameters()), list(net.parameters())
-    model, opt = accelerator.prepare(net, opt)  # DDP under a launcher (averages gradients), autocast in `dtype`
-    alpha_bar = alphas_cumprod(linear_betas(**config["schedule"])).float().to(device)
-    if main_process:
-        print(f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters, {len(data)} images, "
-              f"{str(dtype).removeprefix('torch.')}, batch {args.batch_size} x {accelerator.num_processes} "
-              f"process(es), steps {step}->{args.steps}")
 
-    def save_sampling(path):  # what p1_ddpm_sample.py needs: config and EMA weights
-        save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step}, path)
-
-    def save():
-        gens = generator_states(gen)  # collective: every process takes part
-        if main_process:
-            save_checkpoint({"config": config, "model": net.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": opt.state_dict(), "step": step, "generators": gens}, args.out_dir / "last.pt")
-            save_sampling(args.out_dir / "model.pt")
-
-    log, meter = TrainLog(args.out_dir / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
-    T = config["schedule"]["num_steps"]
-    grid = mid = None
-    if distill and "steps" in distill:  # step distillation: the student's step i is the teacher's 2i and 2i + 1
-        K = distill["steps"]
-        grid = torch.tensor(trailing_timesteps(T, K) + [-1], device=device)  # -1: the end (alpha_bar = 1)
-        mid = torch.tensor(trailing_timesteps(T, 2 * K)[1::2], device=device)
-    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
-    start_step, start = step, time.time()
-    while step < args.steps:
-        batch = draw_batch(gen, weights, labels, null, args.batch_size, len(mid) if mid is not None else T,
-                           0.0 if distill else config["p_uncond"], distill["w_range"] if distill else None)
-        x0 = images[batch.idx.to(device)].float() / 127.5 - 1
-        cond = tuple(c.to(device) for c in batch.cond)
-        t, noise = batch.t.to(device), batch.noise.to(device)
-        lr = args.lr * lr_factor(step, args.warmup, args.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if teacher is None:
-            loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
-        elif grid is not None:  # t indexes the student's grid
-            with accelerator.autocast():
-                loss = step_distillation_loss(model, teacher, x0, grid[t], mid[t], grid[t + 1], alpha_bar, noise,
-                                              cond, batch.w.to(device))
-        else:
-            with accelerator.autocast():  # the teacher in the student's precision
-                loss = guidance_distillation_loss(model, teacher, x0, t, alpha_bar, noise, cond,
-                                                  tuple(torch.full_like(c, n) for c, n in zip(cond, null)),
-                                                  batch.w.to(device))
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        ema_update(ema_params, params, min(args.ema_decay, (1 + step) / (10 + step)))
-        meter.add(loss)
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            mean = meter.mean()
-            log.write(step, mean, lr)
-            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.1e}")
-        if step % args.save_every == 0 or step == args.steps:
-            save()
-        if main_process and args.keep_every and step % args.keep_every == 0:
-            save_sampling(args.out_dir / f"model_{step:06d}.pt")
-    bar.close()
-    accelerator.wait_for_everyone()
-    if main_process:
-        print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; "
-              f"sampling checkpoint {args.out_dir / 'model.pt'}")
-    return args.out_dir / "model.pt"
+def train(args) -> Path:
+    with accelerated(args.device, args.dtype, cuda="bf16", cpu="bf16") as (accelerator, dtype):
+        about = describe(accelerator)  # collective: every process takes part
+        if accelerator.is_main_process:
+            print(about, flush=True)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        seed_everything(args.seed)  # the network's initialisation: the same in every process
+        config, state, init, teacher = starting_point(args, accelerator)
+        data = DigitData(args.data_root, limit=args.limit)
+        return p1_training.train(accelerator, dtype, config, data, args.out_dir, steps=args.steps,
+                                 batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                                 ema_decay=args.ema_decay, balanced=args.balanced, seed=args.seed,
+                                 save_every=args.save_every, keep_every=args.keep_every, log_every=args.log_every,
+                                 state=state, init=init, teacher=teacher)
 
 
 @cli(PROG)

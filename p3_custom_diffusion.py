@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach a model hub
@@ -31,49 +32,60 @@ from models.custom_diffusion import (
     WEIGHTS_NAME,
     caption_features,
     custom_diffusion_loss,
+    custom_pipeline,
     kv_state,
     load_kv_state,
-    load_weights,
     merge_kv,
     read_config,
     read_kv,
     save_weights,
     scaled_lr,
     setup_training,
-    token_file,
     training_batch,
     zero_frozen_rows,
 )
 from models.sd_loading import load_pipeline
-from models.textual_inversion import (
-    SAMPLERS,
+from models.stable_diffusion import (
+    Sampling,
     adam_rows,
-    check_prompt_lengths,
     embeds_path,
+    learned_pipeline,
     load_adam_rows,
-    pipeline_prompts,
+    load_learned_tokens,
     prepare_sampling,
     restore_rows,
-    sample_images,
+    sample,
+    tokenize,
 )
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
     check_apart,
     check_replaceable,
     check_writable_dir,
-    finite_float,
-    missing_paths,
     nonnegative_float,
+    nonnegative_int,
     positive_float,
     positive_int,
-    skip_missing,
     staged_dir,
+    staged_file,
 )
-from utils.clip_score import IMAGES_PER_PROMPT, generated_file
+from utils.clip_score import generated_file
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
-from utils.runtime import DTYPES, pick_device, resolve_dtype, seed_everything
-from utils.ti_data import LEARNED_TOKEN, OBJECT_TEMPLATES, ConceptImages, image_files, read_prompt_file
+from utils.runtime import seed_everything
+from p3_sd_cli import (
+    common_flags,
+    missing,
+    prompt_tokens,
+    resolution_arg,
+    sampling_flags,
+    sampling_of,
+    template_arg,
+    token_arg,
+    write_graded_images,
+)
+from utils.ti_data import OBJECT_TEMPLATES, ConceptImages, image_files, read_prompt_file
+from utils.training import accelerated, describe, generator_states, process_generator, run_steps
 
 ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "runs" / "p3_custom_diffusion"
@@ -84,21 +96,8 @@ MAX_TARGET_ERROR = 1e-3  # merge: the largest relative miss of a concept's own o
 
 def parse_args(argv=None):
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (under `accelerate launch`: its GPUs)")
-    common.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="precision (auto: bf16 mixed precision to train and fp16 to sample on CUDA, fp32 on CPU)")
-    common.add_argument("--skip-missing", action="store_true",
-                        help="if an input (model, weights, images) is missing, say which and exit 0")
-    common.add_argument("--quiet", action="store_true", help="no progress bar")
-    sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpm++", help="diffusers scheduler")
-    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
-    sampling.add_argument("--guidance", type=finite_float, default=6.0,
-                          help="classifier-free guidance scale (the paper samples with 6)")
-    sampling.add_argument("--batch-size", type=positive_int, default=5, help="images per pipeline call")
-    sampling.add_argument("--resolution", type=positive_int, default=512, help="image side in pixels")
-    sampling.add_argument("--seed", type=int, default=0, help="image i of every prompt starts from seed + i")
+    common = common_flags("model, weights, images")
+    sampling = sampling_flags(guidance=6.0, resolution=512, guidance_note=" (the paper samples with 6)")
     model = {"type": Path, "help": "SD v1 checkpoint (.ckpt/.safetensors) or diffusers folder"}
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +106,8 @@ def parse_args(argv=None):
     t = sub.add_parser("train", parents=[common], formatter_class=fmt, help="train concepts jointly")
     t.add_argument("concept_dirs", type=Path, nargs="+", help="one image folder per concept")
     t.add_argument("model", **model)
-    t.add_argument("--tokens", nargs="+", required=True, help="one modifier token per concept, e.g. '<new1>'")
+    t.add_argument("--tokens", nargs="+", required=True, type=token_arg,
+                   help="one modifier token per concept, e.g. '<new1>'")
     t.add_argument("--class-words", nargs="+", required=True,
                    help="one class word per concept (captions 'photo of a <new1> dog'; regularization 'photo of a dog')")
     t.add_argument("--out-dir", type=Path, default=RUNS / "joint",
@@ -124,12 +124,13 @@ def parse_args(argv=None):
                         "--prior-weight > 0 (the rule of diffusers' train_custom_diffusion.py and the paper's code)")
     t.add_argument("--batch-size", type=positive_int, default=2,
                    help="concept images per step (and as many regularization images)")
-    t.add_argument("--resolution", type=positive_int, default=512, help="training image side in pixels (multiple of 8)")
+    t.add_argument("--resolution", type=resolution_arg, default=512, help="training image side in pixels")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="the paper's rescale augmentation (masked loss) and horizontal flips")
-    t.add_argument("--seed", type=int, default=0, help="seed of images, crops, noise and timesteps")
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="seed of images, crops, noise and timesteps")
     t.add_argument("--save-every", type=positive_int, default=250, help="save weights and resume state every N steps")
-    t.add_argument("--log-every", type=positive_int, default=10, help="append to train_log.jsonl every N steps")
+    t.add_argument("--log-every", type=positive_int, default=10,
+                   help="every N steps: the mean loss to the progress bar and a line of OUT_DIR/train_log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt if it exists")
 
     m = sub.add_parser("merge", parents=[common], formatter_class=fmt,
@@ -156,27 +157,25 @@ def parse_args(argv=None):
                        help="textual inversion, Custom Diffusion joint and merged on two-concept prompts")
     f.add_argument("model", **model)
     f.add_argument("out_png", type=Path, help="figure to write")
-    f.add_argument("--tokens", nargs=2, required=True, metavar="TOKEN", help="e.g. '<new1>' '<new3>'")
+    f.add_argument("--tokens", nargs=2, required=True, metavar="TOKEN", type=token_arg, help="e.g. '<new1>' '<new3>'")
     f.add_argument("--ti-embeds", type=Path, default=ROOT / "checkpoints" / "p3_textual_inversion",
                    help="textual-inversion embeddings (p3_textual_inversion.py train)")
     f.add_argument("--joint", type=Path, default=RUNS / "joint", help="Custom Diffusion trained jointly")
     f.add_argument("--merged", type=Path, default=RUNS / "merged", help="Custom Diffusion merged")
-    f.add_argument("--template", default="a {} next to a {}", help="prompt with two '{}'")
+    f.add_argument("--template", type=template_arg, default="a {} next to a {}", help="prompt with exactly two '{}'")
     f.add_argument("--num", type=positive_int, default=4, help="samples per prompt")
     f.add_argument("--tile", type=positive_int, default=256, help="tile side in the figure")
     return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def missing(paths: dict, args, hint: str = "") -> bool:
-    """True if --skip-missing and some input is absent (after saying which); a UserError without the flag."""
-    return skip_missing(f"{PROG} {args.command}", missing_paths(paths), args.skip_missing, hint)
-
-
-def check_tokens(tokens: list[str], flag: str = "--tokens") -> None:
-    bad = [t for t in tokens if not LEARNED_TOKEN.fullmatch(t)]
-    if bad:
-        raise UserError(f"{flag}: {', '.join(map(repr, bad))} must be written in angle brackets, like '<new1>'")
+def check_tokens(tokens: list[str], flag: str) -> None:
+    """Each token once, written as `token_arg` takes it (tokens name files)."""
+    for token in tokens:
+        try:
+            token_arg(token)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"{flag}: {e}") from None
     if len(set(tokens)) != len(tokens):
         raise UserError(f"{flag}: the same token twice in {' '.join(tokens)}")
 
@@ -185,25 +184,11 @@ def slug(word: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", word).strip("_") or "class"
 
 
-def sample(pipe, prompt: str, num: int, args) -> list:
-    return sample_images(pipe, prompt, num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-                         guidance=args.guidance, resolution=args.resolution)
-
-
-def custom_pipeline(args, weights: Path):
-    """The base pipeline with a Custom Diffusion folder in it, on its device, ready to sample."""
-    device = pick_device(args.device)
-    pipe = load_pipeline(args.model)
-    load_weights(pipe, weights)
-    pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, resolve_dtype(args.dtype, device, cuda="fp16"))
-
-
 # ------------------------------------------------------------------------------- regularization images
-def class_images(args, class_words: list[str], device, dtype, is_main: bool) -> list[Path]:
+def class_images(args, class_words: list[str], device: torch.device, is_main: bool) -> list[Path]:
     """REG_DIR/{class word}/ with at least --num-class-images images of 'photo of a {class}' by the base
-    model (image i from seed i), generated once: only the missing ones are made, each file written whole."""
+    model (image i from seed i, DPM-Solver++, guidance 6, in --dtype's sampling precision), generated once:
+    only the missing ones are made, each file written whole."""
     folders = [args.reg_dir / slug(c) for c in class_words]
     todo = []
     for cls, folder in zip(class_words, folders):
@@ -215,51 +200,57 @@ def class_images(args, class_words: list[str], device, dtype, is_main: bool) -> 
         if have < args.num_class_images:
             todo.append((folder, info, have))
     if todo and is_main:
-        pipe = load_pipeline(args.model)
-        pipe.scheduler = SAMPLERS["dpm++"].from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device, torch.float16 if device.type == "cuda" else dtype)
+        pipe = prepare_sampling(load_pipeline(args.model), "dpm++", device, args.dtype)
         for folder, info, have in todo:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "info.json").write_text(json.dumps(info))
+            with staged_file(folder / "info.json") as tmp:
+                tmp.write_text(json.dumps(info))
             for i in tqdm(range(have, args.num_class_images), desc=f"class images '{info['prompt']}'",
                           disable=args.quiet, dynamic_ncols=True):
-                image = sample_images(pipe, info["prompt"], 1, seed=i, batch_size=1, steps=args.reg_steps,
-                                      guidance=6.0, resolution=args.resolution)[0]
-                image.save(folder / f".{i:04d}.png.tmp", format="PNG")
-                (folder / f".{i:04d}.png.tmp").replace(folder / f"{i:04d}.png")
+                image = sample(pipe, info["prompt"], 1, Sampling(i, 1, args.reg_steps, 6.0, args.resolution))[0]
+                with staged_file(folder / f"{i:04d}.png") as tmp:
+                    image.save(tmp, format="PNG")
         del pipe
     return folders
 
 
 # ------------------------------------------------------------------------------------------- train
-def train(args):
-    from accelerate import Accelerator  # imported here: only training needs it
-    from accelerate.utils import gather_object
+@dataclass
+class TrainResult:
+    out_dir: Path                    # weights, embeddings, config.json, train_log.jsonl, last.pt
+    unet: object | None              # the UNet with the trained k/v (None if nothing was trained)
+    text_encoder: object | None      # the text encoder with the modifier tokens' rows
+    ids: list[int] | None            # the modifier tokens' ids
 
-    from utils.training import TrainLog
 
+def train(args) -> TrainResult | None:
     n = len(args.concept_dirs)
-    check_tokens(args.tokens)
+    check_tokens(args.tokens, "--tokens")
     if not (len(args.tokens) == len(args.class_words) == n):
         raise UserError(f"{n} concept folder(s), {len(args.tokens)} --tokens and {len(args.class_words)} "
                         "--class-words: give one token and one class word per folder")
-    if args.resolution % 8:
-        raise UserError(f"--resolution {args.resolution}: must be a multiple of 8 (the VAE's downsampling)")
-    if missing({**{f"concept images {i}": d for i, d in enumerate(args.concept_dirs)}, "model": args.model}, args,
+    if missing(PROG, args, {**{f"concept images {i}": d for i, d in enumerate(args.concept_dirs)}, "model": args.model},
                "MODEL is the SD v1 checkpoint (sd-v1-4.ckpt) or a diffusers folder"):
         return None
     check_writable_dir(args.out_dir, "--out-dir")
     check_writable_dir(args.reg_dir, "--reg-dir")
-    total = args.steps or STEPS_PER_CONCEPT * n
-    last, log_path = args.out_dir / "last.pt", args.out_dir / "train_log.jsonl"
+    with accelerated(args.device, args.dtype, cuda="bf16", cpu="fp32") as (accelerator, dtype):
+        return _train(args, accelerator, dtype)
+
+
+def _train(args, accelerator, dtype) -> TrainResult:
+    main_process = accelerator.is_main_process
+    line = describe(accelerator)
+    if main_process:
+        print(line, flush=True)
+    total = args.steps or STEPS_PER_CONCEPT * len(args.concept_dirs)
+    last = args.out_dir / "last.pt"
     config = {"tokens": args.tokens, "class_words": args.class_words, "concepts": [str(d) for d in args.concept_dirs],
               "model": args.model.name, "resolution": args.resolution, "batch_size": args.batch_size,
               "lr": args.lr, "prior_weight": args.prior_weight, "augment": args.augment, "seed": args.seed}
-    state = None
     if last.exists() and not args.resume:
         raise UserError(f"--out-dir {args.out_dir}: holds an earlier run ({last}); pass --resume to continue it "
                         "or choose another --out-dir")
+    state = None
     if args.resume and last.exists():
         state = load_checkpoint(last, required=("config", "step", "kv", "rows", "adam", "generators"),
                                 what="Custom Diffusion resume state")
@@ -268,21 +259,20 @@ def train(args):
             saved = ", ".join(f"{k}={state['config'].get(k)}" for k in keys)
             raise UserError(f"{last}: was trained with {saved}; "
                             "resume with the same settings or choose another --out-dir")
+        if len(state["generators"]) != accelerator.num_processes:  # the learning rate scales with them
+            raise UserError(f"{last}: saved by {len(state['generators'])} processes, resumed with "
+                            f"{accelerator.num_processes}; resume with the same number")
         if state["step"] >= total and (args.out_dir / WEIGHTS_NAME).exists():
-            print(f"already trained for {state['step']} steps ({args.out_dir})")
-            return argparse.Namespace(out_dir=args.out_dir, unet=None, text_encoder=None, ids=None)
+            if main_process:
+                print(f"already trained for {state['step']} steps ({args.out_dir})")
+            return TrainResult(args.out_dir, None, None, None)
 
-    device = pick_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, cuda="bf16")
-    accelerator = Accelerator(cpu=device.type == "cpu",
-                              mixed_precision={torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
-    device, main = accelerator.device, accelerator.is_main_process
+    device = accelerator.device
     concepts = [ConceptImages(d, args.resolution, augment=False) for d in args.concept_dirs]  # bad images: now
-    reg_folders = class_images(args, args.class_words, device, dtype, main)
+    reg_folders = class_images(args, args.class_words, device, main_process)
     accelerator.wait_for_everyone()
     regs = [ConceptImages(folder, args.resolution, augment=False) for folder in reg_folders]
-    gen = seed_everything(args.seed + accelerator.process_index)
-
+    seed_everything(args.seed)
     pipe = load_pipeline(args.model)
     tokenizer, text_encoder, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
     ids, params, original = setup_training(pipe, args.tokens, device, dtype)
@@ -299,43 +289,18 @@ def train(args):
         load_kv_state(unet, state["kv"], str(last))
         optimizer.load_state_dict(state["adam"])
         load_adam_rows(optimizer, weight, ids, state["adam_rows"])
-        if len(state["generators"]) != accelerator.num_processes:
-            raise UserError(f"{last}: saved by {len(state['generators'])} processes, resumed with "
-                            f"{accelerator.num_processes}; resume with the same number")
-        gen.set_state(state["generators"][accelerator.process_index])
         step = state["step"]
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-    log = TrainLog(log_path, main, resumed_at=step)  # drops the lines logged after the saved state
-    if main and state is not None:
-        print(f"resuming from {last} at step {step}")
+        if main_process:
+            print(f"resuming from {last} at step {step}")
+    gen = process_generator(accelerator, args.seed, state["generators"] if state else None, step)
     unet_p, text_encoder_p, optimizer_p = accelerator.prepare(unet, text_encoder, optimizer)
 
-    def save():
-        generators = gather_object([gen.get_state()])
-        accelerator.wait_for_everyone()
-        if not main:
-            return
-        save_weights(args.out_dir, unet, text_encoder, args.tokens, ids, {**config, "steps": step})
-        adam = optimizer.state_dict()
-        adam["state"].pop(0, None)  # the embedding matrix: only its trained rows are kept (adam_rows)
-        save_checkpoint({"config": config, "step": step, "kv": kv_state(unet), "rows": weight[ids].detach().cpu(),
-                         "adam": adam, "adam_rows": adam_rows(optimizer, weight, ids), "generators": generators,
-                         "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None}, last)
-
-    if main:
-        print(f"{n} concept(s) {' '.join(args.tokens)} ({' '.join(args.class_words)}): "
-              f"{sum(len(c) for c in concepts)} images, {sum(len(r) for r in regs)} regularization images; "
-              f"{accelerator.num_processes} process(es) on {device}, {dtype}; lr {lr:g}; steps {step}->{total}")
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total, initial=step, desc="train", disable=args.quiet or not main, dynamic_ncols=True)
-    start = time.time()
-    unet_p.train()
-    while step < total:
+    def train_step(step: int) -> torch.Tensor:
         pixels, masks, captions = training_batch(concepts, regs, args.tokens, args.class_words, step, args.batch_size,
                                                  args.resolution, factor, gen, augment=args.augment)
-        input_ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                              return_tensors="pt").input_ids
+        input_ids = tokenize(tokenizer, captions)
         loss = custom_diffusion_loss(unet_p, vae, text_encoder_p, scheduler, pixels, masks, input_ids, gen,
                                      num_instance=args.batch_size, prior_weight=args.prior_weight, device=device)
         accelerator.backward(loss)
@@ -344,18 +309,30 @@ def train(args):
         optimizer_p.step()
         optimizer_p.zero_grad(set_to_none=True)
         restore_rows(weight, original, ids)  # every row but the modifier tokens' is the base model's again
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % args.log_every == 0:
-            log.write(step, loss.item(), lr)
-        if step % args.save_every == 0:
-            save()
-    bar.close()
-    save()
-    if main:
-        print(f"done: {step} steps in {time.time() - start:.0f} s; weights in {args.out_dir}")
-    return argparse.Namespace(out_dir=args.out_dir, unet=unet, text_encoder=text_encoder, ids=ids)
+        return loss
+
+    def save(step: int) -> None:
+        generators = generator_states(gen)  # collective: every process takes part
+        if not main_process:
+            return
+        save_weights(args.out_dir, unet, text_encoder, args.tokens, ids, {**config, "steps": step})
+        adam = optimizer.state_dict()
+        adam["state"].pop(0, None)  # the embedding matrix: only its trained rows are kept (adam_rows)
+        save_checkpoint({"config": config, "step": step, "kv": kv_state(unet), "rows": weight[ids].detach().cpu(),
+                         "adam": adam, "adam_rows": adam_rows(optimizer, weight, ids), "generators": generators,
+                         "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None}, last)
+
+    if main_process:
+        print(f"{len(concepts)} concept(s) {' '.join(args.tokens)} ({' '.join(args.class_words)}): "
+              f"{sum(len(c) for c in concepts)} images, {sum(len(r) for r in regs)} regularization images; "
+              f"{accelerator.num_processes} process(es) on {device}, {dtype}; lr {lr:g}; steps {step}->{total}")
+    start, start_step = time.time(), step
+    unet_p.train()
+    step = run_steps(accelerator, train_step, save, step=step, total=total, lr=lr, log_every=args.log_every,
+                     save_every=args.save_every, log_path=args.out_dir / "train_log.jsonl", quiet=args.quiet)
+    if main_process:
+        print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; weights in {args.out_dir}")
+    return TrainResult(args.out_dir, unet, text_encoder, ids)
 
 
 # ------------------------------------------------------------------------------------------- merge
@@ -366,7 +343,7 @@ def target_captions(token: str, cls: str) -> list[str]:
 
 
 def merge(args):
-    if missing({**{f"weights {i}": d for i, d in enumerate(args.weights_dirs)}, "model": args.model}, args):
+    if missing(PROG, args, {**{f"weights {i}": d for i, d in enumerate(args.weights_dirs)}, "model": args.model}):
         return None
     check_apart(args.out_dir, "--out-dir", {**{f"weights folder {i}": d for i, d in enumerate(args.weights_dirs)},
                                             "model": args.model})  # --out-dir is replaced whole
@@ -391,8 +368,7 @@ def merge(args):
 
     pipe = load_pipeline(args.model)
     for folder, config in zip(args.weights_dirs, configs):
-        for token in config["tokens"]:
-            pipe.load_textual_inversion(str(token_file(folder, token)), local_files_only=True)
+        load_learned_tokens(pipe, folder, config["tokens"])
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     c_reg = caption_features(tokenizer, text_encoder, reg_captions)
     rank = int(torch.linalg.matrix_rank(c_reg.double(), rtol=1e-5))  # the features are float32: 1e-5 is their noise
@@ -433,14 +409,13 @@ def merge(args):
 
 # ---------------------------------------------------------------------------------------- generate
 def generate(args):
-    if missing({"prompt json": args.input_json}, args):
+    if missing(PROG, args, {"prompt json": args.input_json}):
         return None
     concepts = read_prompt_file(args.input_json)
-    if missing({"model": args.model, "Custom Diffusion weights": args.weights / "config.json"}, args,
+    if missing(PROG, args, {"model": args.model, "Custom Diffusion weights": args.weights / "config.json"},
                f"the weights come from `{PROG} train` or `{PROG} merge`"):
         return None
-    needed = sorted({t for c in concepts for p in c.prompts for t in LEARNED_TOKEN.findall(p)})
-    have = read_config(args.weights)["tokens"]
+    needed, have = prompt_tokens(concepts), read_config(args.weights)["tokens"]
     if set(needed) - set(have):
         raise UserError(f"{args.input_json}: its prompts use {', '.join(sorted(set(needed) - set(have)))}, "
                         f"which {args.weights} was not trained on (it has {', '.join(have)})")
@@ -448,44 +423,41 @@ def generate(args):
                                           "--weights": args.weights})  # OUT_DIR is replaced whole
     check_writable_dir(args.out_dir, "OUT_DIR")
     check_replaceable(args.out_dir, "OUT_DIR", generated_file)
-    pipe = custom_pipeline(args, args.weights)
-    check_prompt_lengths(pipe.tokenizer, [p for c in concepts for p in c.prompts], str(args.input_json),
-                         pipeline_prompts(pipe))
-    jobs = [(c.id, i, p) for c in concepts for i, p in enumerate(c.prompts)]
-    start = time.time()
-    with staged_dir(args.out_dir) as tmp:
-        for cid, i, prompt in tqdm(jobs, desc="generate", disable=args.quiet, dynamic_ncols=True):
-            folder = tmp / cid / str(i)
-            folder.mkdir(parents=True)
-            for k, image in enumerate(sample(pipe, prompt, IMAGES_PER_PROMPT, args)):
-                image.save(folder / f"{k}.png")
-    print(f"wrote {len(jobs)} x {IMAGES_PER_PROMPT} images to {args.out_dir} in {time.time() - start:.0f} s")
-    return args.out_dir
+    pipe = custom_pipeline(args.model, args.weights, args.sampler, args.device, args.dtype)
+    return write_graded_images(pipe, concepts, args.out_dir, sampling_of(args), str(args.input_json), args.quiet)
 
 
 # ------------------------------------------------------------------------------------------ figure
 METHODS = ("textual inversion", "Custom Diffusion, joint", "Custom Diffusion, merged")
 
 
-def figure(args):
+@dataclass
+class FigureResult:
+    png: Path
+    images: dict      # {(method, prompt): [PIL image, ...]}, in the figure's row order
+    labels: list[str]  # the row labels
+
+
+def figure(args) -> FigureResult | None:
     a, b = args.tokens
-    check_tokens(args.tokens)
+    check_tokens(args.tokens, "--tokens")
     inputs = {"model": args.model, **{f"textual-inversion embeddings of {t}": embeds_path(args.ti_embeds, t)
                                       for t in args.tokens},
               "jointly trained weights": args.joint / "config.json", "merged weights": args.merged / "config.json"}
-    if missing(inputs, args, f"train them with p3_textual_inversion.py train and {PROG} train / merge"):
+    if missing(PROG, args, inputs, f"train them with p3_textual_inversion.py train and {PROG} train / merge"):
         return None
     check_writable_dir(args.out_png.parent, "OUT_PNG's folder")
     prompts = [args.template.format(a, b), args.template.format(b, a)]
-    loaders = {METHODS[0]: lambda: prepare_sampling(args.model, args.ti_embeds, list(args.tokens), args.sampler,
-                                                    args.device, args.dtype),
-               METHODS[1]: lambda: custom_pipeline(args, args.joint),
-               METHODS[2]: lambda: custom_pipeline(args, args.merged)}
+    where = (args.sampler, args.device, args.dtype)
+    loaders = {METHODS[0]: lambda: learned_pipeline(args.model, args.ti_embeds, list(args.tokens), *where),
+               METHODS[1]: lambda: custom_pipeline(args.model, args.joint, *where),
+               METHODS[2]: lambda: custom_pipeline(args.model, args.merged, *where)}
+    settings = sampling_of(args)
     images, rows, labels = {}, [], []
     for method in tqdm(METHODS, desc="figure", disable=args.quiet):
         pipe = loaders[method]()  # one pipeline at a time
         for prompt in prompts:
-            images[method, prompt] = sample(pipe, prompt, args.num, args)
+            images[method, prompt] = sample(pipe, prompt, args.num, settings)
             rows.append([np.asarray(im.resize((args.tile, args.tile))) for im in images[method, prompt]])
             labels.append(f"{method}: {prompt}")
         del pipe
@@ -495,7 +467,7 @@ def figure(args):
                         f"(seeds {args.seed}..{args.seed + args.num - 1})"
                   ).save(args.out_png)
     print(f"wrote {args.out_png}")
-    return argparse.Namespace(png=args.out_png, images=images, labels=labels)
+    return FigureResult(args.out_png, images, labels)
 
 
 @cli(PROG)

@@ -11,7 +11,6 @@ nothing is downloaded. Learned embeddings live in EMBEDS_DIR/{token without <>}.
 import argparse
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,101 +23,56 @@ from diffusers import DDPMScheduler
 from tqdm import tqdm
 
 from models.sd_loading import load_pipeline
-from models.textual_inversion import (
-    SAMPLERS,
-    Sampling,
+from models.stable_diffusion import (
     adam_rows,
     add_placeholder,
     check_prompt_lengths,
-    diffusion_loss,
     embeds_path,
-    expand_placeholder,
+    learned_pipeline,
     load_adam_rows,
-    optimise,
-    pipeline_prompts,
-    prepare_sampling,
     sample,
     save_learned_embeds,
-    setup_training,
+    tokenize,
 )
+from models.textual_inversion import diffusion_loss, expand_placeholder, optimise, setup_training
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import (
     check_replaceable,
     check_writable_dir,
-    finite_float,
-    missing_paths,
     nonnegative_int,
     positive_float,
     positive_int,
-    skip_missing,
-    staged_dir,
+    staged_file,
 )
-from utils.clip_score import IMAGES_PER_PROMPT, ClipScorer, generated_file, load_generated, top_k_means
+from utils.clip_score import ClipScorer, generated_file, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, load_rgb
-from utils.runtime import DTYPES, pick_device, seed_everything
-from utils.ti_data import LEARNED_TOKEN, ConceptImages, image_files, read_prompt_file
-from utils.training import (
-    LossMeter,
-    TrainLog,
-    accelerated,
-    describe,
-    generator_states,
-    process_generator,
-    resume_note,
+from utils.runtime import pick_device, seed_everything
+from p3_sd_cli import (
+    common_flags,
+    missing,
+    prompt_tokens,
+    resolution_arg,
+    sampling_flags,
+    sampling_of,
+    template_arg,
+    token_arg,
+    write_graded_images,
 )
+from utils.ti_data import ConceptImages, image_files, read_prompt_file
+from utils.training import accelerated, describe, generator_states, process_generator, resume_note, run_steps
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_EMBEDS = ROOT / "checkpoints" / "p3_textual_inversion"
 PROG = "p3_textual_inversion.py"
 
 
-def token_arg(text: str) -> str:
-    """`--token`: a learned token is written in angle brackets, as the course's input.json names them."""
-    if not (LEARNED_TOKEN.fullmatch(text) and re.fullmatch(r"<\w[\w.-]*>", text)):  # it names files: no '/'
-        raise argparse.ArgumentTypeError(f"{text!r} must look like '<new1>': angle brackets around letters, "
-                                         "digits, '_', '-' or '.'")
-    return text
-
-
-def resolution_arg(text: str) -> int:
-    value = positive_int(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 8 (the VAE downsamples by 8)")
-    return value
-
-
-def template_arg(text: str) -> str:
-    """`figure --template`: exactly two '{}', one per token."""
-    try:
-        ok = text.count("{}") == 2 and text.format("A", "B").count("A") >= 1
-    except (IndexError, KeyError, ValueError):
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r} must hold exactly two '{{}}' (one per token) and no other braces")
-    return text
-
-
 def parse_args(argv=None):
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (train under a launcher: auto or cuda)")
-    common.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="model precision; learned embeddings stay fp32 "
-                             "(auto: bf16 to train, fp16 to sample on CUDA, fp32 on CPU)")
-    common.add_argument("--skip-missing", action="store_true",
-                        help="if an input (model, embeddings, images, CLIP) is missing, say which and exit 0")
-    common.add_argument("--quiet", action="store_true", help="no progress bar")
-    sampling = argparse.ArgumentParser(add_help=False)
+    common = common_flags("model, embeddings, images, CLIP")
+    sampling = sampling_flags(guidance=7.5, resolution=None)
     sampling.add_argument("--embeds-dir", type=Path, default=DEFAULT_EMBEDS,
                           help="folder of learned embeddings, one {token without <>}.safetensors per token")
-    sampling.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpm++", help="diffusers scheduler")
-    sampling.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
-    sampling.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
-    sampling.add_argument("--batch-size", type=positive_int, default=5, help="images per pipeline call")
-    sampling.add_argument("--resolution", type=resolution_arg, default=None,
-                          help="image side in pixels (default: the model's own, 512 for SD v1)")
-    sampling.add_argument("--seed", type=nonnegative_int, default=0, help="image i of every prompt starts from seed + i")
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,18 +134,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------------------- helpers
-
-def missing(paths: dict, args, hint: str = "") -> bool:
-    """True if --skip-missing and some input is absent (after saying which); a UserError without the flag."""
-    return skip_missing(f"{PROG} {args.command}", missing_paths(paths), args.skip_missing, hint)
-
-
 TRAIN_HINT = f"learned embeddings come from `{PROG} train CONCEPT_DIR MODEL --token TOKEN --initializer WORD`"
-
-
-def sampling_of(args) -> Sampling:
-    return Sampling(args.seed, args.batch_size, args.steps, args.guidance, args.resolution)
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -213,7 +156,7 @@ def check_run(last: Path, resume: bool) -> bool:
 
 
 def train(args) -> TrainResult | None:
-    if missing({"concept images": args.concept_dir, "model": args.model}, args,
+    if missing(PROG, args, {"concept images": args.concept_dir, "model": args.model},
                "MODEL is the SD v1 checkpoint (sd-v1-4.ckpt) or a diffusers folder"):
         return None
     with accelerated(args.device, args.dtype, cuda="bf16", cpu="fp32") as (accelerator, dtype):
@@ -276,7 +219,14 @@ def _train(args, accelerator, dtype) -> TrainResult:
     opt = accelerator.prepare(opt)  # text encoder not wrapped in DDP: `average` below sends the learned rows only
     average = None if accelerator.num_processes == 1 else lambda rows: accelerator.reduce(rows, reduction="mean")
 
-    def save():
+    def train_step(step: int) -> torch.Tensor:
+        pixels, templates = data.batch(args.batch_size, gen)
+        input_ids = tokenize(tokenizer, [t.format(placeholder) for t in templates])
+        loss = diffusion_loss(unet, vae, text_encoder, scheduler, pixels, input_ids, gen)
+        optimise(opt, loss, weight, original, ids, backward=accelerator.backward, average=average)
+        return loss
+
+    def save(step: int) -> None:
         gens = generator_states(gen)  # collective: every process takes part
         if main_process:
             save_learned_embeds(out, args.token, weight[ids], {**config, "steps": step})
@@ -286,27 +236,10 @@ def _train(args, accelerator, dtype) -> TrainResult:
     if main_process:
         print(f"{args.token} ({args.num_vectors} vector(s), from '{args.initializer}'): {len(data)} images, "
               f"{dtype}, batch {args.batch_size} x {accelerator.num_processes} process(es), steps {step}->{args.steps}")
-    log, meter = TrainLog(run / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
-    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.token}", disable=args.quiet or not main_process,
-               dynamic_ncols=True)
     start, start_step = time.time(), step
-    while step < args.steps:
-        pixels, templates = data.batch(args.batch_size, gen)
-        input_ids = tokenizer([t.format(placeholder) for t in templates], padding="max_length", truncation=True,
-                              max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-        loss = diffusion_loss(unet, vae, text_encoder, scheduler, pixels, input_ids, gen)
-        optimise(opt, loss, weight, original, ids, backward=accelerator.backward, average=average)
-        step += 1
-        meter.add(loss)
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            mean = meter.mean()
-            log.write(step, mean, args.lr)
-            bar.set_postfix(loss=f"{mean:.4f}")
-        if step % args.save_every == 0 or step == args.steps:
-            save()
-    bar.close()
-    accelerator.wait_for_everyone()
+    step = run_steps(accelerator, train_step, save, step=step, total=args.steps, lr=args.lr, log_every=args.log_every,
+                     save_every=args.save_every, log_path=run / "train_log.jsonl", desc=f"train {args.token}",
+                     quiet=args.quiet)
     if main_process:
         print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; embeddings {out}")
     return TrainResult(out, text_encoder, tokenizer, ids)
@@ -314,35 +247,24 @@ def _train(args, accelerator, dtype) -> TrainResult:
 
 # ---------------------------------------------------------------------------------------- generate
 def generate(args):
-    if missing({"prompt json": args.input_json}, args):
+    if missing(PROG, args, {"prompt json": args.input_json}):
         return None
     concepts = read_prompt_file(args.input_json)
-    tokens = sorted({t for c in concepts for p in c.prompts for t in LEARNED_TOKEN.findall(p)})
-    if missing({"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
-                                        for t in tokens}}, args, TRAIN_HINT):
+    tokens = prompt_tokens(concepts)
+    if missing(PROG, args, {"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
+                                                    for t in tokens}}, TRAIN_HINT):
         return None
     check_writable_dir(args.out_dir)
     check_replaceable(args.out_dir, "OUT_DIR", generated_file)
-    pipe = prepare_sampling(args.model, args.embeds_dir, tokens, args.sampler, args.device, args.dtype)
-    settings = sampling_of(args)
-    jobs = [(c.id, i, p) for c in concepts for i, p in enumerate(c.prompts)]
-    check_prompt_lengths(pipe.tokenizer, [p for _, _, p in jobs], str(args.input_json), pipeline_prompts(pipe))
-    start = time.time()
-    with staged_dir(args.out_dir) as staging:  # a rerun never leaves a mix of old and new images
-        for cid, i, prompt in tqdm(jobs, desc="generate", disable=args.quiet, dynamic_ncols=True):
-            folder = staging / cid / str(i)
-            folder.mkdir(parents=True)
-            for k, image in enumerate(sample(pipe, prompt, IMAGES_PER_PROMPT, settings)):
-                image.save(folder / f"{k}.png")
-    print(f"wrote {len(jobs)} x {IMAGES_PER_PROMPT} images to {args.out_dir} in {time.time() - start:.0f} s")
-    return args.out_dir
+    pipe = learned_pipeline(args.model, args.embeds_dir, tokens, args.sampler, args.device, args.dtype)
+    return write_graded_images(pipe, concepts, args.out_dir, sampling_of(args), str(args.input_json), args.quiet)
 
 
 # ---------------------------------------------------------------------------------------- evaluate
 def evaluate(args):
     inputs = {"prompt json": args.input_json, "generated images": args.out_dir,
               "reference images": args.concept_root, "CLIP model": args.clip}
-    if missing(inputs, args, "generate the images first; --clip is a local copy of openai/clip-vit-base-patch32"):
+    if missing(PROG, args, inputs, "generate the images first; --clip is a local copy of openai/clip-vit-base-patch32"):
         return None
     concepts = read_prompt_file(args.input_json)
     scorer = ClipScorer(args.clip, pick_device(args.device))
@@ -364,19 +286,19 @@ def evaluate(args):
                   f"{'PASS' if passed else 'FAIL':6}  {text}")
     print(f"{sum(r['pass'] for r in results)}/{len(results)} prompts pass their baseline")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        with staged_file(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=2))
     return results
 
 
 # ------------------------------------------------------------------------------------------ figure
 def figure(args):
     a, b = args.tokens
-    if missing({"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
-                                        for t in args.tokens}}, args, TRAIN_HINT):
+    if missing(PROG, args, {"model": args.model, **{f"learned embeddings of {t}": embeds_path(args.embeds_dir, t)
+                                                    for t in args.tokens}}, TRAIN_HINT):
         return None
     check_writable_dir(args.out_png.parent, "OUT_PNG's folder")
-    pipe = prepare_sampling(args.model, args.embeds_dir, list(args.tokens), args.sampler, args.device, args.dtype)
+    pipe = learned_pipeline(args.model, args.embeds_dir, list(args.tokens), args.sampler, args.device, args.dtype)
     settings = sampling_of(args)
     prompts = [args.template.format(a, b), args.template.format(b, a)]
     rows = []

@@ -1,6 +1,6 @@
 """P1 sample quality against sampler, step count, guidance weight and guidance interval, to choose defaults.
 
-For each setting (the product of the lists given): `p1_ddpm_sample.sample` makes `--per-digit` images
+For each setting (the product of the lists given): `models.p1_sampling.sample` makes `--per-digit` images
 per digit per data set and `p1_ddpm_eval.score` scores them in memory (MNIST-M with the course's
 classifier, SVHN with the project's judge; a PNG round trip is lossless, so the numbers are those
 `p1_ddpm_eval.py` gives for the written files). Cost is given in GFLOP per image and in units of
@@ -19,9 +19,9 @@ import torch
 
 from benchmarks.bench_p1_sampling import UNIT_FORWARDS, gflop_per_image
 from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_per_image
-from models.context_unet import load_p1_model
+from models.p1_networks import load_p1_model
+from models.p1_sampling import DEFAULTS, Settings, checkpoint_defaults, sample
 from p1_ddpm_eval import load_judge, score
-from p1_ddpm_sample import DEFAULTS, Settings, checkpoint_defaults, sample
 from utils.runtime import cpu_capability, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ The unit: one classifier-free-guided step of the classic recipe over the 1,000 g
 TeaPearce's ContextUnet with 128 features as published (`classic_context_unet.py`, BatchNorm blocks,
 2.75 GFLOP per image forward), fp32, 2,000 image forwards in batches of 250 (the classic recipe
 samples with 400 such steps: 400 units). The graded run: `hw2_1.sh`'s settings
-(`p1_ddpm_sample.checkpoint_defaults`: the shipped checkpoint's, 50 images per digit per data set, seed 0), sampled
+(`models.p1_sampling.checkpoint_defaults`: the shipped checkpoint's, 50 images per digit per data set, seed 0), sampled
 and written to a temporary folder, in fp32 and, where the CPU has native bf16, in bf16. The unit is
 timed before and after each graded run and averaged, so a neighbour's load shifts both alike.
 Absolute seconds vary 2-5x between hosts and with load: the ratio is the result. Writes JSON.
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_per_image, gflop
-from models.context_unet import load_p1_model
-from p1_ddpm_sample import DEFAULTS, Settings, checkpoint_defaults, guided_denoiser, sample, write_outputs
+from models.p1_networks import load_p1_model
+from models.p1_sampling import DEFAULTS, Settings, checkpoint_defaults, guided_denoiser, sample, write_outputs
 from utils.runtime import cpu_capability, native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from benchmarks.bench_p3_textual_inversion import bench_generate, fmt_gb, peak_g
 from benchmarks.bench_p3_textual_inversion import bench_train as bench_ti_train
 from models.custom_diffusion import custom_diffusion_loss, setup_training
 from models.sd_loading import random_pipeline, shipped_configs
-from models.textual_inversion import restore_rows
+from models.stable_diffusion import restore_rows
 from utils.runtime import cpu_capability, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,13 +18,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from models.sd_loading import random_pipeline, shipped_configs
-from models.textual_inversion import (
-    add_placeholder,
-    diffusion_loss,
-    optimise,
-    sample_images,
-    setup_training,
-)
+from models.stable_diffusion import Sampling, add_placeholder, sample
+from models.textual_inversion import diffusion_loss, optimise, setup_training
 from utils.clip_score import IMAGES_PER_PROMPT
 from utils.runtime import seed_everything
 
@@ -86,13 +81,13 @@ def bench_generate(pipe, device, dtype, res: int, steps: int, batch: int, guidan
     makes them."""
     pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(seed=0, batch_size=batch, steps=steps, guidance=guidance, resolution=res)
-    sample_images(pipe, prompt, batch, **kwargs)  # warm-up
+    settings = Sampling(seed=0, batch_size=batch, steps=steps, guidance=guidance, resolution=res)
+    sample(pipe, prompt, batch, settings)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
     start = time.perf_counter()
-    sample_images(pipe, prompt, IMAGES_PER_PROMPT, **kwargs)
+    sample(pipe, prompt, IMAGES_PER_PROMPT, settings)
     sync(device)
     return {"s_per_25_images": time.perf_counter() - start, "peak_gb": peak_gb(device)}
 

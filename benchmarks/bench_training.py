@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import p1_ddpm_train
+from models import p1_training
 from models.context_unet import ContextUnet
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas, q_sample
 from utils.digits import DigitData
@@ -100,7 +101,7 @@ def time_loop(data: DigitData, args, device: torch.device, legacy: bool) -> floa
                     e.lerp_(m, 1 - 0.999)
                 loss.item()
             else:
-                p1_ddpm_train.ema_update(ema_params, params, 0.999)
+                p1_training.ema_update(ema_params, params, 0.999)
                 total = loss.detach() if total is None else total + loss.detach()
     sync(device)
     return args.steps / (time.perf_counter() - start)

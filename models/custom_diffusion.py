@@ -18,7 +18,18 @@ from diffusers.loaders.unet import CUSTOM_DIFFUSION_WEIGHT_NAME_SAFE as WEIGHTS_
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.textual_inversion import add_placeholder, load_learned_embeds, save_learned_embeds
+from models.sd_loading import load_pipeline
+from models.stable_diffusion import (
+    add_placeholder,
+    embeds_path,
+    load_learned_tokens,
+    loss_target,
+    noised_latents,
+    place_for_training,
+    prepare_sampling,
+    save_learned_embeds,
+)
+from utils.cli import staged_file
 from utils.errors import UserError
 
 # rarely used single CLIP tokens: the paper initialises the modifier tokens from rare tokens
@@ -27,11 +38,6 @@ INSTANCE_PROMPT, CLASS_PROMPT = "photo of a {token} {cls}", "photo of a {cls}"
 # the paper's rescale augmentation names what it did in the caption
 SMALL_PREFIXES, LARGE_PREFIXES = ("a far away ", "very small "), ("zoomed in ", "close up ")
 KV = ("to_k", "to_v")
-
-
-def token_file(folder: Path, token: str) -> Path:
-    """{folder}/{token without <>}.safetensors (the naming of p3_textual_inversion.py's embeddings)."""
-    return Path(folder) / f"{token.strip('<>')}.safetensors"
 
 
 # ------------------------------------------------------------------------------- the trained weights
@@ -67,17 +73,13 @@ def load_kv_state(unet, state: dict, source: str) -> None:
 
 def save_weights(folder: Path, unet, text_encoder, tokens: list[str], ids: list[int], config: dict) -> None:
     """Write the k/v weights, one embedding file per token and config.json into `folder` (each file atomic)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(kv_state(unet), tmp, metadata={"format": "pt"})  # diffusers' save_attn_procs writes the same
-    tmp.replace(folder / WEIGHTS_NAME)
+    with staged_file(Path(folder) / WEIGHTS_NAME) as tmp:
+        save_file(kv_state(unet), tmp, metadata={"format": "pt"})  # diffusers' save_attn_procs writes the same
     weight = text_encoder.get_input_embeddings().weight
     for token, i in zip(tokens, ids):
-        save_learned_embeds(token_file(folder, token), token, weight[i:i + 1], {"steps": config.get("steps")})
-    tmp = folder / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    tmp.replace(folder / "config.json")
+        save_learned_embeds(embeds_path(folder, token), token, weight[i:i + 1], {"steps": config.get("steps")})
+    with staged_file(Path(folder) / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
 
 
 def read_config(folder: Path) -> dict:
@@ -110,25 +112,18 @@ def load_weights(pipe, folder: Path) -> dict:
     `load_textual_inversion`. Returns its config."""
     config = read_config(folder)
     load_kv_state(pipe.unet, read_kv(folder), str(Path(folder) / WEIGHTS_NAME))
-    for token in config["tokens"]:
-        path = token_file(folder, token)
-        stored, _ = load_learned_embeds(path)
-        if stored != token:
-            raise UserError(f"{path}: holds the embedding of {stored}, not {token}")
-        pipe.load_textual_inversion(str(path), local_files_only=True)
+    load_learned_tokens(pipe, folder, config["tokens"])
     return config
 
 
+def custom_pipeline(model: Path, folder: Path, sampler: str = "dpm++", device: str = "auto", dtype: str = "auto"):
+    """The base model with a Custom Diffusion folder in it, ready to sample."""
+    pipe = load_pipeline(model)
+    load_weights(pipe, folder)
+    return prepare_sampling(pipe, sampler, device, dtype)
+
+
 # ------------------------------------------------------------------------------------------ training
-def trainable_parameters(unet, text_encoder) -> list[torch.nn.Parameter]:
-    """Freeze everything but attn2.to_k / to_v and the token embedding matrix (whose other rows the
-    caller restores after every step). Returns [embedding weight, k/v weights...]."""
-    for model in (unet, text_encoder):
-        model.requires_grad_(False)
-    kv = [m.weight.requires_grad_(True) for m in cross_attention_kv(unet).values()]
-    return [text_encoder.get_input_embeddings().weight.requires_grad_(True), *kv]
-
-
 @torch.no_grad()
 def zero_frozen_rows(weight: torch.Tensor, trained_ids: list[int]) -> None:
     """Zero the gradient of every embedding row but `trained_ids` (before gradient clipping)."""
@@ -140,22 +135,17 @@ def zero_frozen_rows(weight: torch.Tensor, trained_ids: list[int]) -> None:
 
 def setup_training(pipe, tokens: list[str], device: torch.device, dtype: torch.dtype):
     """Add the modifier tokens (initialised from rare words), freeze all but attn2.to_k / to_v and the
-    embedding matrix, put the frozen UNet and VAE in `dtype` on `device` (the trained weights and the
-    text encoder stay fp32: autocast runs the forward in `dtype`), and stop gradients through the start
-    token. Returns (token ids, [embedding weight, k/v weights...], a copy of the embedding matrix)."""
+    embedding matrix (whose other rows the caller restores after every step), put the frozen UNet and VAE
+    in `dtype` on `device` (the trained weights and the text encoder stay fp32: autocast runs the forward in
+    `dtype`), and stop gradients through the start token. Returns (token ids, [embedding weight, k/v
+    weights...], a copy of the embedding matrix)."""
     ids = [add_placeholder(pipe.tokenizer, pipe.text_encoder, token, RARE_WORDS[i % len(RARE_WORDS)])[0]
            for i, token in enumerate(tokens)]
-    params = trainable_parameters(pipe.unet, pipe.text_encoder)
-    original = params[0].detach().clone()
-    pipe.vae.requires_grad_(False).to(device, dtype)
-    pipe.unet.to(device, dtype)
-    for module in cross_attention_kv(pipe.unet).values():
-        module.float()
-    pipe.text_encoder.to(device)
-    if device.type == "cuda":
-        pipe.unet.enable_gradient_checkpointing()  # activations, not weights, fill the card when training
+    place_for_training(pipe, device, dtype)
+    kv = [module.float().weight.requires_grad_(True) for module in cross_attention_kv(pipe.unet).values()]
+    weight = pipe.text_encoder.get_input_embeddings().weight.requires_grad_(True)
     detach_start_token(pipe.unet)
-    return ids, params, original
+    return ids, [weight, *kv], weight.detach().clone()
 
 
 def detach_start_token(unet) -> list:
@@ -241,17 +231,10 @@ def custom_diffusion_loss(unet, vae, text_encoder, scheduler, pixels: torch.Tens
     pixels (B, 3, H, W) in [-1, 1], the first `num_instance` the concept's; masks (B, 1, h, w) at latent
     size; input_ids (B, 77). All noise and timesteps come from `generator` (CPU).
     """
-    with torch.no_grad():
-        posterior = vae.encode(pixels.to(device, vae.dtype)).latent_dist
-        eps = torch.randn(posterior.mean.shape, generator=generator).to(device, posterior.mean.dtype)
-        latents = ((posterior.mean + posterior.std * eps) * vae.config.scaling_factor).float()  # (B, 4, h, w)
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
-    noisy = scheduler.add_noise(latents, noise, t)
+    latents, noise, t, noisy = noised_latents(vae, scheduler, pixels, generator, device, torch.float32)
     context = text_encoder(input_ids.to(device))[0]  # (B, 77, D)
     pred = unet(noisy, t, context).sample.float()
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
-        else noise
+    target = loss_target(scheduler, latents, noise, t)
     err = (pred - target.float()) ** 2  # (B, 4, h, w)
     mask = masks.to(device).expand_as(err)
     n = num_instance

@@ -5,8 +5,11 @@ Conventions (those of DDPM, DDIM and `diffusers`):
 - the step that leaves the last visited timestep goes to `final_alpha_bar`: 1 by default (the DDPM and
   DDIM papers), `alphas_cumprod[0]` in the ldm / Stable Diffusion convention (see `spaced_timesteps`);
 - a denoiser is any callable `eps = model(x, t)` with x (B, C, H, W) and t (B,) int64 values;
-- a sampler is a pure function `sample(model, x_T, alphas_cumprod, *, timesteps, ...) -> x_0`
-  that never draws its own starting noise.
+- a sampler is a pure function that never draws its own starting noise; every one in `SAMPLERS` takes
+  `sample(model, x_T, alphas_cumprod, *, timesteps, generator=None, noises=None, callback=None,
+  progress=False) -> x_0` (the noise of the ancestral steps is `noises[i]`, else drawn on the CPU from
+  `generator`; a deterministic sampler accepts both and ignores them), plus options of its own
+  (DDIM's `eta`, `clip_x0`, `final_alpha_bar`; UniPC's `corrector`).
 Coefficients are computed in float64 and applied to the float32 images as Python floats.
 """
 import itertools
@@ -81,11 +84,16 @@ def ddim_step(x, eps, ab_t: float, ab_prev: float, eta: float, noise, clip_x0: f
     return x_prev if noise is None or sigma == 0 else x_prev + sigma * noise
 
 
+def _check_timesteps(timesteps: Sequence[int]) -> list[int]:
+    timesteps = [int(t) for t in timesteps]
+    if any(a <= b for a, b in itertools.pairwise(timesteps)):
+        raise ValueError("timesteps must be strictly decreasing")
+    return timesteps
+
+
 def _loop(model: Denoiser, x: torch.Tensor, alpha_bar: torch.Tensor, timesteps: Sequence[int], step,
           needs_noise: bool, generator, noises, callback, progress, final_alpha_bar: float = 1.0) -> torch.Tensor:
-    timesteps = [int(t) for t in timesteps]
-    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-        raise ValueError("timesteps must be strictly decreasing")
+    timesteps = _check_timesteps(timesteps)
     ab = alpha_bar.double().cpu()
     # the last step is deterministic (sigma = 0) only when it lands on alpha_bar = 1
     noisy_steps = len(timesteps) if final_alpha_bar < 1.0 else len(timesteps) - 1
@@ -145,13 +153,6 @@ def trailing_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
     return [round(num_train_steps - i * num_train_steps / num_steps) - 1 for i in range(num_steps)]
 
 
-def _check_timesteps(timesteps: Sequence[int]) -> list[int]:
-    timesteps = [int(t) for t in timesteps]
-    if any(a <= b for a, b in itertools.pairwise(timesteps)):
-        raise ValueError("timesteps must be strictly decreasing")
-    return timesteps
-
-
 def _log_snr(ab: float) -> float:
     """lambda = log(alpha / sigma) = log(ab / (1 - ab)) / 2 of DPM-Solver; +inf at ab = 1."""
     return math.inf if ab >= 1.0 else 0.5 * math.log(ab / (1.0 - ab))
@@ -173,8 +174,10 @@ def _eps_to_x0(x, eps, ab: float):
 
 @torch.no_grad()
 def dpmpp_2m_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
+                    generator: torch.Generator | None = None, noises: Sequence[torch.Tensor] | None = None,
                     callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2; diffusers' "midpoint" second-order term), deterministic.
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2; diffusers' "midpoint" second-order term), deterministic
+    (`generator` and `noises`, of the shared signature, are unused).
 
     Data prediction x_0 = (x - sigma eps) / alpha; step i uses x_0 of steps i and i-1. The first step
     and the last (which lands on alpha_bar = 1) are first order, as diffusers' `lower_order_final`.
@@ -208,9 +211,12 @@ def _unipc_bh2(h: float) -> tuple[float, float, float]:
 
 @torch.no_grad()
 def unipc_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *, timesteps: Sequence[int],
-                 corrector: bool = True, callback: Callback | None = None, progress: bool = False) -> torch.Tensor:
+                 corrector: bool = True, generator: torch.Generator | None = None,
+                 noises: Sequence[torch.Tensor] | None = None, callback: Callback | None = None,
+                 progress: bool = False) -> torch.Tensor:
     """UniPC (Zhao et al. 2023): the UniP-2 predictor with the UniC corrector, B(h) = e^-h - 1 ("bh2"),
     data prediction: diffusers' `UniPCMultistepScheduler` defaults (solver_order 2, lower_order_final).
+    Deterministic (`generator` and `noises`, of the shared signature, are unused).
 
     The corrector re-uses the network output at the new point (no extra forward): at step i it moves
     x_i using x_0 predicted at x_i before the predictor leaves x_i. The predictor is first order at the
@@ -249,6 +255,7 @@ def unipc_sample(model: Denoiser, x_T: torch.Tensor, alpha_bar: torch.Tensor, *,
     return x
 
 
+# name -> sampler; all take the shared keyword arguments (module docstring)
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
 

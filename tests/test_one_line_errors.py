@@ -56,7 +56,7 @@ def test_a_missing_p1_checkpoint_is_one_line_with_its_hint(tmp_path, cli_error):
 
 def test_p1_samples_that_are_not_finite_are_not_written(tmp_path, cli_error):
     """A guidance weight far beyond any trained one overflows: no black or white images are written."""
-    from models.context_unet import build_from_config
+    from models.p1_networks import build_from_config
     config = {"model": {"in_channels": 3, "n_feat": 8, "num_digits": 10, "num_datasets": 2},
               "schedule": {"num_steps": 50, "beta_start": 1e-4, "beta_end": 2e-2}, "datasets": ["mnistm", "svhn"],
               "image_size": 28, "p_uncond": 0.1}

@@ -6,6 +6,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from models.diffusion import (
+    SAMPLERS,
     ClassifierFreeGuidance,
     alphas_cumprod,
     ddim_sample,
@@ -155,6 +156,30 @@ def test_sampler_uses_given_start_noise_and_generator():
     assert torch.equal(a, b) and not torch.allclose(a, c)
     with pytest.raises(ValueError):
         ddim_sample(dummy_model, x_T, ab, timesteps=[0, 200])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_takes_the_shared_keywords(name):
+    """One call fits every sampler (timesteps, generator, noises, callback, progress): the callback sees each step
+    once, in order; the ancestral sampler's noise is `noises` when given, else drawn from `generator`; the
+    deterministic ones (DDIM at eta 0, the solvers) give the same result with or without either."""
+    ab = alphas_cumprod(linear_betas(T))
+    x_T = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    timesteps, seen = [400, 250, 100], []
+
+    def run(**kwargs):
+        return SAMPLERS[name](dummy_model, x_T, ab, timesteps=timesteps, progress=False, **kwargs)
+
+    drawn = run(generator=torch.Generator().manual_seed(1), callback=lambda i, t, x, eps: seen.append((i, t)))
+    assert seen == list(enumerate(timesteps))
+    g = torch.Generator().manual_seed(1)
+    same_noises = [torch.randn(x_T.shape, generator=g) for _ in timesteps[1:]]  # the last step adds none
+    other_noises = [torch.randn(x_T.shape, generator=g) for _ in timesteps[1:]]
+    assert torch.equal(run(noises=same_noises), drawn)
+    if name == "ddpm":
+        assert not torch.allclose(run(noises=other_noises), drawn)
+    else:
+        assert torch.equal(run(noises=other_noises), drawn) and torch.equal(run(), drawn)
 
 
 class CondNet(torch.nn.Module):

@@ -14,9 +14,10 @@ import p1_ddpm_eval
 import p1_ddpm_sample
 import p1_ddpm_train
 import p1_svhn_classifier_train
-from models.context_unet import build_from_config, load_p1_model
+from models import p1_sampling, p1_training
 from models.digit_classifiers import predict
-from p1_ddpm_sample import Settings
+from models.p1_networks import build_from_config, load_p1_model
+from models.p1_sampling import Settings
 from utils.digits import load_image, load_split, read_split_csv
 from utils.runtime import seed_everything
 from utils.images import labelled_grid, to_uint8
@@ -148,14 +149,14 @@ def test_distill_steps_trains_a_student_that_samples_in_half_the_steps(digits, t
     teacher = p1_ddpm_train.main(["--distill-guidance", str(tiny_ckpt), "--w-range", "0", "4", "--steps", "1",
                                   "--out-dir", str(tmp_path / "gd"), *gd])
     args = ["--distill-steps", str(teacher), "--student-steps", "2", "--w-range", "1", "3", "--lr", "1e-2", *gd]
-    steps, loss = set(), p1_ddpm_train.step_distillation_loss
+    steps, loss = set(), p1_training.step_distillation_loss
 
     def recording_loss(student, teacher, x0, t, t_mid, t_next, *rest):
         steps.update(zip(t.tolist(), t_mid.tolist(), t_next.tolist()))
         return loss(student, teacher, x0, t, t_mid, t_next, *rest)
 
     with monkeypatch.context() as m:
-        m.setattr(p1_ddpm_train, "step_distillation_loss", recording_loss)
+        m.setattr(p1_training, "step_distillation_loss", recording_loss)
         straight = p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "straight"), "--steps", "3"])
     assert steps == {(49, 37, 24), (24, 11, -1)}  # trailing_timesteps(50, 4) = 49, 37, 24, 11
     p1_ddpm_train.main([*args, "--out-dir", str(tmp_path / "resumed"), "--steps", "2"])
@@ -168,11 +169,11 @@ def test_distill_steps_trains_a_student_that_samples_in_half_the_steps(digits, t
     assert any(not torch.equal(v, teacher_net.state_dict()[k]) for k, v in student.state_dict().items())
     resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["ema"]
     assert all(torch.equal(resumed[k], v) for k, v in student.state_dict().items())
-    assert p1_ddpm_sample.checkpoint_defaults(config) == p1_ddpm_sample.Settings(sampler="ddim", steps=2)
-    assert p1_ddpm_sample.checkpoint_defaults(teacher_config) == p1_ddpm_sample.DEFAULTS
+    assert p1_sampling.checkpoint_defaults(config) == Settings(sampler="ddim", steps=2)
+    assert p1_sampling.checkpoint_defaults(teacher_config) == p1_sampling.DEFAULTS
     out = tmp_path / "out"
     p1_ddpm_sample.main([str(out), "--ckpt", str(straight), "--per-digit", "1", "--quiet", "--bf16", "off"])
-    images = p1_ddpm_sample.sample(student, config, p1_ddpm_sample.Settings(sampler="ddim", steps=2), per_digit=1)
+    images = p1_sampling.sample(student, config, Settings(sampler="ddim", steps=2), per_digit=1)
     assert np.array_equal(np.asarray(Image.open(out / "svhn" / "3_001.png")), images[1, 3, 0])
     used = json.loads((out / "sampling.json").read_text())  # what the sampler records for the report
     assert (used["ckpt"], used["sampler"], used["steps"], used["timesteps"]) == (str(straight), "ddim", 2, [49, 24])
@@ -191,7 +192,7 @@ def test_distill_steps_trains_a_student_that_samples_in_half_the_steps(digits, t
 
 def test_bf16_sampling_stays_close_to_fp32(tiny_ckpt):
     net, config = load_p1_model(tiny_ckpt)
-    images = {dtype: p1_ddpm_sample.sample(net, config, Settings(steps=5), per_digit=2, dtype=dtype).astype(float)
+    images = {dtype: p1_sampling.sample(net, config, Settings(steps=5), per_digit=2, dtype=dtype).astype(float)
               for dtype in (torch.bfloat16, torch.float32)}
     diff = abs(images[torch.bfloat16] - images[torch.float32])
     assert diff.max() > 0, "bf16 autocast did not change anything: was it applied?"
@@ -205,7 +206,7 @@ def _read(folder):
 
 def test_sample_writes_the_graded_layout(tiny_ckpt, tmp_path, monkeypatch):
     out, returned = tmp_path / "out", []
-    real_sample = p1_ddpm_sample.sample
+    real_sample = p1_sampling.sample
     monkeypatch.setattr(p1_ddpm_sample, "sample", lambda *a, **k: returned.append(real_sample(*a, **k)) or returned[0])
     p1_ddpm_sample.main([str(out), "--ckpt", str(tiny_ckpt), "--steps", "2", "--grid", "--quiet"])
     assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json",
@@ -236,9 +237,9 @@ def test_same_seed_same_bytes(tiny_ckpt, tmp_path):
 
 
 def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatch):
-    assert p1_ddpm_sample.reverse_points(500) == [500, 320, 200, 120, 40, 1]
-    assert p1_ddpm_sample.reverse_points(1000) == [1000, 640, 400, 240, 80, 2]
-    assert p1_ddpm_sample.reverse_points(50) == [50, 32, 20, 12, 4, 1]
+    assert p1_sampling.reverse_points(500) == [500, 320, 200, 120, 40, 1]
+    assert p1_sampling.reverse_points(1000) == [1000, 640, 400, 240, 80, 2]
+    assert p1_sampling.reverse_points(50) == [50, 32, 20, 12, 4, 1]
     net, config = load_p1_model(tiny_ckpt)  # T = 50
     seen = {}  # 1-indexed t -> the states the network was given at 0-indexed t - 1 (conditional half)
 
@@ -251,7 +252,7 @@ def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatc
     recorder.null_digit, recorder.null_dataset = net.null_digit, net.null_dataset
     # whatever the graded sampler, the figure is the ancestral sampler over all T steps
     settings = Settings(sampler="unipc", steps=3)
-    reverse = p1_ddpm_sample.reverse_process(recorder, config, settings, seed=0)
+    reverse = p1_sampling.reverse_process(recorder, config, settings, seed=0)
     assert sorted(seen) == list(range(1, 51))
     assert reverse.points == [50, 32, 20, 12, 4, 1] and reverse.tiles.shape == (2, 6, 28, 28, 3)
     for j, p in enumerate(reverse.points):
@@ -260,11 +261,11 @@ def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatc
                                                                     generator=torch.Generator().manual_seed(0))))
     # the PNG: title, labels t=50 ... t=1, and the six tiles (scale 4) in that order
     labels = []
-    real_grid = p1_ddpm_sample.labelled_grid
-    monkeypatch.setattr(p1_ddpm_sample, "labelled_grid",
+    real_grid = p1_sampling.labelled_grid
+    monkeypatch.setattr(p1_sampling, "labelled_grid",
                         lambda tiles, **kw: labels.append(kw["col_labels"]) or real_grid(tiles, **kw))
-    p1_ddpm_sample.write_outputs(tmp_path, ["mnistm", "svhn"], np.zeros((2, 10, 1, 28, 28, 3), np.uint8),
-                                 reverse=reverse)
+    p1_sampling.write_outputs(tmp_path, ["mnistm", "svhn"], np.zeros((2, 10, 1, 28, 28, 3), np.uint8),
+                              reverse=reverse)
     assert labels == [[f"t={p}" for p in (50, 32, 20, 12, 4, 1)]] * 2
     for s, name in enumerate(("mnistm", "svhn")):
         fig = np.asarray(Image.open(tmp_path / f"reverse_process_{name}.png"))
@@ -274,7 +275,7 @@ def test_reverse_process_points_labels_and_tiles(tiny_ckpt, tmp_path, monkeypatc
             x0 = pad + j * (size + pad)
             tile = fig[top + pad:top + pad + size, x0:x0 + size][::4, ::4]
             assert np.array_equal(tile, reverse.tiles[s, j]), (name, j)
-    again = p1_ddpm_sample.reverse_process(recorder, config, settings, seed=0)  # same seed, same figure
+    again = p1_sampling.reverse_process(recorder, config, settings, seed=0)  # same seed, same figure
     assert np.array_equal(again.tiles, reverse.tiles)
 
 
@@ -284,14 +285,14 @@ def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monk
     p1_ddpm_sample.main([*base, "--per-digit", "3", "--grid"])
     before = {name: _read(out / name) for name in ("mnistm", "svhn")}
     assert len(before["mnistm"]) == 30
-    real_save, calls = p1_ddpm_sample.save_png, []
+    real_save, calls = p1_sampling.save_png, []
 
     def save_then_fail(array, path):  # an interruption halfway through the rerun
         calls.append(path)
         if len(calls) == 25:
             raise KeyboardInterrupt
         real_save(array, path)
-    monkeypatch.setattr(p1_ddpm_sample, "save_png", save_then_fail)
+    monkeypatch.setattr(p1_sampling, "save_png", save_then_fail)
     with pytest.raises(KeyboardInterrupt):
         p1_ddpm_sample.main([*base, "--per-digit", "3", "--seed", "1"])
     assert sorted(p.name for p in out.iterdir()) == ["grid_mnistm.png", "grid_svhn.png", "mnistm", "sampling.json",
@@ -301,7 +302,7 @@ def test_rerun_replaces_the_output_whole_or_not_at_all(tiny_ckpt, tmp_path, monk
         after = _read(out / name)
         assert after.keys() == before[name].keys()
         assert all(np.array_equal(after[f], before[name][f]) for f in after)
-    monkeypatch.setattr(p1_ddpm_sample, "save_png", real_save)
+    monkeypatch.setattr(p1_sampling, "save_png", real_save)
     p1_ddpm_sample.main([*base, "--per-digit", "1", "--seed", "1"])  # fewer images, no grid this time
     assert sorted(p.name for p in out.iterdir()) == ["mnistm", "sampling.json", "svhn"]
     for name in ("mnistm", "svhn"):
@@ -350,8 +351,7 @@ def test_hw2_1_sh_writes_the_graded_layout_with_the_shipped_checkpoint(tmp_path)
         assert sorted(p.name for p in (out / name).iterdir()) == [f"{d}_001.png" for d in range(10)]
     net, config = load_p1_model(p1_ddpm_sample.DEFAULT_CKPT)
     dtype = resolve_dtype("auto", torch.device("cpu"), cpu="bf16")
-    images = p1_ddpm_sample.sample(net, config, p1_ddpm_sample.checkpoint_defaults(config), per_digit=1, seed=0,
-                                   dtype=dtype)
+    images = p1_sampling.sample(net, config, p1_sampling.checkpoint_defaults(config), per_digit=1, seed=0, dtype=dtype)
     assert np.array_equal(np.asarray(Image.open(out / "svhn" / "7_001.png")), images[1, 7, 0])  # the defaults
     usage = subprocess.run(["bash", str(ROOT / "hw2_1.sh")], check=False, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: bash hw2_1.sh OUT_DIR" in usage.stderr

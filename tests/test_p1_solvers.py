@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from models.context_unet import build_from_config
+from models.p1_networks import build_from_config
 from models.diffusion import (
     ClassifierFreeGuidance,
     alphas_cumprod,

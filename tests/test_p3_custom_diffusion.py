@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import p3_custom_diffusion as cd
-from models.custom_diffusion import RARE_WORDS, WEIGHTS_NAME, kv_state, merge_kv, save_weights, token_file
+from models.custom_diffusion import RARE_WORDS, WEIGHTS_NAME, kv_state, merge_kv, save_weights
 from models.sd_loading import load_pipeline, random_pipeline
-from models.textual_inversion import save_learned_embeds
+from models.stable_diffusion import SAMPLERS, embeds_path, save_learned_embeds
 
 TINY = json.loads((Path(__file__).parent / "fixtures" / "ti_tiny_sd.json").read_text())
 TOKENS, CLASSES = ["<new1>", "<new3>"], ["dog", "cat"]
@@ -181,8 +181,8 @@ def test_train_resumes_exactly(tiny_sd, shared, trained, tmp_path):
     a, b = load_file(straight.out_dir / WEIGHTS_NAME), load_file(resumed.out_dir / WEIGHTS_NAME)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     for token in TOKENS:
-        assert torch.allclose(load_file(token_file(straight.out_dir, token))[token],
-                              load_file(token_file(resumed.out_dir, token))[token], atol=1e-6)
+        assert torch.allclose(load_file(embeds_path(straight.out_dir, token))[token],
+                              load_file(embeds_path(resumed.out_dir, token))[token], atol=1e-6)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
@@ -218,20 +218,20 @@ def test_diffusers_loaders_give_the_same_images(tiny_sd, trained, generated):
     _, result = trained
     pipe = load_pipeline(tiny_sd[0])
     for token in TOKENS:
-        pipe.load_textual_inversion(str(token_file(result.out_dir, token)), local_files_only=True)
+        pipe.load_textual_inversion(str(embeds_path(result.out_dir, token)), local_files_only=True)
     args = cd.parse_args(["generate", "x.json", "out", str(tiny_sd[0]), *SAMPLING])
-    pipe.scheduler = cd.SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
+    pipe.scheduler = SAMPLERS[args.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompt = PROMPTS["0"]["prompt"][0]
     ours = [np.asarray(Image.open(generated / "0" / "0" / f"{k}.png"), dtype=int) for k in range(2)]
-    plain = np.asarray(cd.sample(pipe, prompt, 1, args)[0], dtype=int)
+    plain = np.asarray(cd.sample(pipe, prompt, 1, cd.sampling_of(args))[0], dtype=int)
     assert np.abs(plain - ours[0]).max() > 1  # the tokens alone do not give generate's images
     state = load_file(result.out_dir / WEIGHTS_NAME)
     state.update({name: {} for name in pipe.unet.attn_processors if name.endswith("attn1.processor")})
     pipe.unet.load_attn_procs(state, _pipeline=pipe)
     procs = pipe.unet.attn_processors
     assert sum(isinstance(p, CustomDiffusionAttnProcessor) and p.train_kv for p in procs.values()) == 6
-    theirs = [np.asarray(im, dtype=int) for im in cd.sample(pipe, prompt, 2, args)]
+    theirs = [np.asarray(im, dtype=int) for im in cd.sample(pipe, prompt, 2, cd.sampling_of(args))]
     assert all(np.abs(a - b).max() <= 1 for a, b in zip(ours, theirs))
 
 
@@ -247,7 +247,7 @@ def fake_concept(folder: Path, base, token: str, cls: str, seed: int) -> Path:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
     folder.mkdir(parents=True)
     save_weights(folder, unet, base.text_encoder, [], [], {"tokens": [token], "class_words": [cls]})
-    save_learned_embeds(token_file(folder, token), token, torch.randn(1, 32, generator=g))
+    save_learned_embeds(embeds_path(folder, token), token, torch.randn(1, 32, generator=g))
     return folder
 
 
@@ -266,7 +266,7 @@ def test_merged_model_reproduces_each_concepts_outputs_on_its_captions(tiny_sd, 
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "new1.safetensors", "new3.safetensors", WEIGHTS_NAME]
     pipe = load_pipeline(tiny_sd[0])
     for token in TOKENS:
-        pipe.load_textual_inversion(str(token_file(out, token)), local_files_only=True)
+        pipe.load_textual_inversion(str(embeds_path(out, token)), local_files_only=True)
     w = load_file(out / WEIGHTS_NAME)
     base = kv_state(tiny_sd[1].unet)
     for folder, token, cls in ((root / "a", "<new1>", "dog"), (root / "b", "<new3>", "cat")):
@@ -304,7 +304,7 @@ def test_figure_tiles_are_the_sampled_images_in_order(tiny_sd, trained, merged, 
     ti = tmp_path / "ti"
     g = torch.Generator().manual_seed(3)
     for token in TOKENS:
-        save_learned_embeds(token_file(ti, token), token, torch.randn(1, 32, generator=g))
+        save_learned_embeds(embeds_path(ti, token), token, torch.randn(1, 32, generator=g))
     result = cd.main(["figure", str(tiny_sd[0]), str(tmp_path / "fig.png"), "--tokens", *TOKENS, "--ti-embeds",
                       str(ti), "--joint", str(trained[1].out_dir), "--merged", str(merged[1]), "--num", "2",
                       "--tile", "32", "--steps", "2", "--quiet", *RES])

@@ -21,7 +21,8 @@ from models.sd_loading import (
     components_from_single_file,
     load_pipeline,
 )
-from models.textual_inversion import load_learned_embeds, save_learned_embeds
+from models.stable_diffusion import Sampling, load_learned_embeds, save_learned_embeds
+import p3_sd_cli as sd_cli
 from utils.errors import UserError
 from utils.ti_data import ConceptImages, read_prompt_file
 
@@ -309,10 +310,10 @@ def test_generate_writes_the_course_layout(generated):
 
 
 def test_sampling_does_not_depend_on_the_batch_size(tiny_sd, embeds_dir):
-    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
+    pipe = p3.learned_pipeline(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
     prompt = "a <new1> next to a <new3>"
-    together = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, p3.Sampling(batch_size=3, steps=2))]
-    alone = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, p3.Sampling(batch_size=1, steps=2))]
+    together = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, Sampling(batch_size=3, steps=2))]
+    alone = [np.asarray(im, dtype=int) for im in p3.sample(pipe, prompt, 3, Sampling(batch_size=1, steps=2))]
     assert together[0].shape == (32, 32, 3)  # the tiny model's own size (16 latent pixels x 2)
     assert all(np.abs(x - y).max() <= 1 for x, y in zip(together, alone))
     assert np.abs(together[0] - together[1]).max() > 0
@@ -347,7 +348,7 @@ def test_generate_rerun_replaces_the_folder_whole(tiny_sd, embeds_dir, tmp_path,
         calls.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(p3, "sample", fails_midway)
+    monkeypatch.setattr(sd_cli, "sample", fails_midway)  # the loop that writes the graded layout
     with pytest.raises(KeyboardInterrupt):
         p3.main(argv + ["--seed", "7"])
     assert calls and {p: p.read_bytes() for p in out.rglob("*.png")} == before
@@ -367,7 +368,7 @@ def test_hw2_3_sh_writes_the_graded_layout(tiny_sd, shared, tmp_path):
     import subprocess
     import sys
 
-    from models.textual_inversion import save_learned_embeds as save
+    from models.stable_diffusion import save_learned_embeds as save
     root, project = Path(p3.__file__).resolve().parent, tmp_path / "project"
     for folder in ("models", "utils"):
         shutil.copytree(root / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -393,8 +394,8 @@ def test_hw2_3_sh_writes_the_graded_layout(tiny_sd, shared, tmp_path):
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")) == \
         ["0", "0/0"] + sorted(f"0/0/{k}.png" for k in range(25))
     # the graded defaults (30 DPM-Solver++ steps, seed 0, guidance 7.5, the model's own size): image 0 as here
-    pipe = p3.prepare_sampling(model, embeds, [token])
-    first = np.asarray(p3.sample(pipe, one["0"]["prompt"][0], 1, p3.Sampling())[0], dtype=int)
+    pipe = p3.learned_pipeline(model, embeds, [token])
+    first = np.asarray(p3.sample(pipe, one["0"]["prompt"][0], 1, Sampling())[0], dtype=int)
     written = np.asarray(Image.open(tmp_path / "out" / "0" / "0" / "0.png"), dtype=int)
     assert written.shape == (16, 16, 3) and np.abs(written - first).max() <= 1
 
@@ -411,8 +412,8 @@ def test_figure_has_both_orders(tiny_sd, embeds_dir, tmp_path):
     out = p3.main(["figure", str(tiny_sd[0]), str(tmp_path / "fig.png"), "--tokens", "<new1>", "<new3>",
                    "--embeds-dir", str(embeds_dir), "--steps", "2", "--num", "2", "--tile", "32", "--quiet", *RES])
     figure = np.asarray(Image.open(out).convert("RGB"))
-    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
-    rows = [[np.asarray(im) for im in p3.sample(pipe, prompt, 2, p3.Sampling(steps=2, resolution=32))]
+    pipe = p3.learned_pipeline(tiny_sd[0], embeds_dir, ["<new1>", "<new3>"])
+    rows = [[np.asarray(im) for im in p3.sample(pipe, prompt, 2, Sampling(steps=2, resolution=32))]
             for prompt in ("a <new1> next to a <new3>", "a <new3> next to a <new1>")]
     assert not np.array_equal(rows[0][0], rows[1][0])  # the order of the tokens changes the image
     (a, b), (c, d) = [[find_tile(figure, tile) for tile in row] for row in rows]
@@ -544,8 +545,8 @@ def test_a_nan_embedding_is_named_and_nothing_is_written(tiny_sd, tmp_path, cli_
 
 
 def test_sampling_that_gives_nan_is_an_error(tiny_sd, embeds_dir):
-    pipe = p3.prepare_sampling(tiny_sd[0], embeds_dir, ["<new1>"])
+    pipe = p3.learned_pipeline(tiny_sd[0], embeds_dir, ["<new1>"])
     with torch.no_grad():
         pipe.vae.decoder.conv_out.bias[0] = float("nan")  # as an fp16 overflow or a broken VAE would
     with pytest.raises(UserError, match=r"sampling 'A <new1>.' \(seeds 0..1\) gave NaN or inf"):
-        p3.sample(pipe, "A <new1>.", 2, p3.Sampling(batch_size=2, steps=1))
+        p3.sample(pipe, "A <new1>.", 2, Sampling(batch_size=2, steps=1))

@@ -12,6 +12,7 @@ from PIL import Image
 
 import p1_ddpm_train
 import p1_svhn_classifier_train
+from models import p1_training
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas
 from utils.ti_data import ConceptImages, Crop
 
@@ -54,7 +55,7 @@ def test_epsilon_loss_against_diffusers_forward_process():
 
 # ------------------------------------------------------------------------------------ learning rate
 def test_lr_schedule_exact_values():
-    f = p1_ddpm_train.lr_factor
+    f = p1_training.lr_factor
     # linear warm-up over 200 steps, then cosine from 1 to 0.1 over the remaining 9,800
     assert [f(s, 200, 10000) for s in (0, 99, 199)] == [0.005, 0.5, 1.0]
     assert f(200, 200, 10000) == 1.0

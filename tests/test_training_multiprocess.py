@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import p1_ddpm_train
+from models import p1_training
 from utils.training import process_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +33,14 @@ def p1_replay(steps: int, rank: int, data_root: Path) -> tuple[list[torch.Tensor
     from utils.digits import DigitData
     data = DigitData(data_root, limit=50)
     gen = torch.Generator().manual_seed(process_seed(0, rank))
-    draws = [p1_ddpm_train.draw_batch(gen, data.balanced_weights(), (data.digits, data.sets), (10, 2), B, 50, 0.1)
+    draws = [p1_training.draw_batch(gen, data.balanced_weights(), (data.digits, data.sets), (10, 2), B, 50, 0.1)
              for _ in range(steps)]
     return [d.idx for d in draws], gen
 
 
 def loss_invariant(config: dict) -> set[str]:
     """Names of the parameters whose gradient of the epsilon loss is zero up to rounding (float32)."""
-    from models.context_unet import build_from_config
+    from models.p1_networks import build_from_config
     from models.diffusion import epsilon_loss
     net = build_from_config(config)
     x0, noise = torch.rand(6, 3, 28, 28), torch.randn(6, 3, 28, 28)
@@ -77,16 +78,16 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
 
     # one process, batch 2B: its batch is process 0's draw followed by process 1's
     gens = [torch.Generator().manual_seed(process_seed(0, rank)) for rank in (0, 1)]
-    draw = p1_ddpm_train.draw_batch
+    draw = p1_training.draw_batch
 
     def both(gen, weights, labels, null, n, num_timesteps, p_uncond, w_range=None):
         assert w_range is None  # plain training: no guidance weights drawn
         parts = [draw(g, weights, labels, null, n // 2, num_timesteps, p_uncond) for g in gens]
-        return p1_ddpm_train.Batch(torch.cat([p.idx for p in parts]),
-                                   tuple(torch.cat(c) for c in zip(*(p.cond for p in parts))),
-                                   torch.cat([p.t for p in parts]), torch.cat([p.noise for p in parts]))
+        return p1_training.Batch(torch.cat([p.idx for p in parts]),
+                                 tuple(torch.cat(c) for c in zip(*(p.cond for p in parts))),
+                                 torch.cat([p.t for p in parts]), torch.cat([p.noise for p in parts]))
 
-    monkeypatch.setattr(p1_ddpm_train, "draw_batch", both)
+    monkeypatch.setattr(p1_training, "draw_batch", both)
     one = tmp_path / "one"
     p1_ddpm_train.main(["--data-root", str(digits), "--out-dir", str(one), "--steps", "3", "--batch-size", str(2 * B),
                         "--keep-every", "2", *P1_TINY])
@@ -110,7 +111,7 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
 def test_textual_inversion_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monkeypatch):
     import p3_textual_inversion as p3
     from models.sd_loading import random_pipeline
-    from models.textual_inversion import load_learned_embeds
+    from models.stable_diffusion import load_learned_embeds
     from utils.ti_data import ConceptImages
 
     tiny = json.loads((ROOT / "tests" / "fixtures" / "ti_tiny_sd.json").read_text())

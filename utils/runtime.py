@@ -66,11 +66,14 @@ class _Bf16Alias(argparse.Action):
         setattr(namespace, self.dest, {"on": "bf16", "off": "fp32", "auto": "auto"}[value])
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser, auto: str, default: str = "auto", bf16_alias: bool = False):
-    """Add `--dtype auto|fp32|bf16|fp16` (and, with `bf16_alias`, `--bf16 auto|on|off`); `auto` says what auto means."""
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default=default,
-                        help=f"precision of the network (autocast; weights and the sampler's arithmetic stay fp32); "
-                             f"auto = {auto}")
+NETWORK_PRECISION = "precision of the network (autocast; weights and the sampler's arithmetic stay fp32)"
+
+
+def add_dtype_flag(parser: argparse.ArgumentParser, auto: str, default: str = "auto", bf16_alias: bool = False,
+                   what: str = NETWORK_PRECISION):
+    """Add `--dtype auto|fp32|bf16|fp16` (and, with `bf16_alias`, `--bf16 auto|on|off`); `what` says what it sets,
+    `auto` what auto means."""
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default=default, help=f"{what}; auto = {auto}")
     if bf16_alias:
         parser.add_argument("--bf16", dest="dtype", choices=["auto", "on", "off"], action=_Bf16Alias,
                             help="older spelling of --dtype: on = bf16, off = fp32, auto = auto")

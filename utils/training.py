@@ -1,5 +1,5 @@
-"""Training on one device or several with Hugging Face `accelerate`, shared by the P1 and
-textual-inversion trainers.
+"""Training on one device or several with Hugging Face `accelerate`, shared by the P1, textual-inversion
+and Custom Diffusion trainers.
 
 Run a trainer as usual for one device, or as `accelerate launch --multi_gpu --num_processes N
 SCRIPT ...` (or `torchrun --nproc_per_node N SCRIPT ...`) for data parallelism: every process
@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
+from tqdm import tqdm
 
 from utils.cli import staged_file
 from utils.errors import UserError
@@ -153,3 +154,32 @@ class LossMeter:
         value = self.accelerator.reduce(self.total / self.count, reduction="mean")
         self.total, self.count = None, 0
         return value.item()
+
+
+def run_steps(accelerator: Accelerator, train_step: Callable[[int], torch.Tensor], save: Callable[[int], None], *,
+              step: int, total: int, lr: float, log_every: int, save_every: int, log_path: Path,
+              desc: str = "train", quiet: bool = False) -> int:
+    """A trainer's step loop from `step` to `total`: `train_step(step)` makes one optimisation step and returns
+    its loss; every `log_every` steps and at the last, the mean loss since the previous line (`LossMeter`) goes
+    to the progress bar and a line of `log_path` (`TrainLog`); every `save_every` steps and at the last,
+    `save(step)` (every process calls it: it may gather). With no step left to run it saves once. Only the
+    main process logs and shows the bar. Returns the final step."""
+    main_process = accelerator.is_main_process
+    log, meter = TrainLog(log_path, main_process, resumed_at=step), LossMeter(accelerator)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=quiet or not main_process, dynamic_ncols=True)
+    if step >= total:  # resumed at the end, its outputs missing: write them again
+        save(step)
+    while step < total:
+        loss = train_step(step)
+        step += 1
+        meter.add(loss)
+        bar.update(1)
+        if step % log_every == 0 or step == total:
+            mean = meter.mean()
+            log.write(step, mean, lr)
+            bar.set_postfix(loss=f"{mean:.4f}")
+        if step % save_every == 0 or step == total:
+            save(step)
+    bar.close()
+    accelerator.wait_for_everyone()
+    return step
