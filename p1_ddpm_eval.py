@@ -6,7 +6,6 @@ The true label is the first character of the file name, as the course reads it.
 Prints a table and writes JSON (default OUT_DIR/eval.json).
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,10 @@ import torch
 
 from models.digit_classifiers import CourseClassifier, SvhnJudge, predict
 from utils.checkpoint import load_checkpoint, load_state_dict_strict
-from utils.cli import missing_paths, skip_missing
+from utils.cli import missing_paths, skip_missing, write_json
 from utils.digits import load_image
 from utils.errors import UserError, cli
+from utils.outputs import EVAL_JSON
 
 PROG = "p1_ddpm_eval.py"
 ROOT = Path(__file__).resolve().parent
@@ -94,8 +94,8 @@ def main(argv=None):
         digits = " ".join(f"{d}:{a:.2f}" for d, a in r["per_digit"].items())
         print(f"{dataset:7s} accuracy {r['accuracy']:.4f}  (n={r['n']})  per digit {digits}")
     print(f"mean    accuracy {result['mean']:.4f}")
-    out = args.json or args.out_dir / "eval.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = args.json or args.out_dir / EVAL_JSON
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 

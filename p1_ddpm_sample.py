@@ -11,16 +11,16 @@ the checkpoint's own: UniPC 5 (trailing), or DDIM over the K trailing steps a st
 (the report's captions read it).
 """
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 from models.diffusion import SAMPLERS
 from models.p1_networks import load_p1_model
 from models.p1_sampling import DEFAULTS, SPACINGS, Settings, checkpoint_defaults, reverse_process, sample, write_outputs
-from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_int, probability, staged_file
+from utils.cli import check_writable_dir, nonnegative_float, nonnegative_int, positive_int, probability, write_json
 from utils.errors import UserError, cli
-from utils.runtime import DTYPES, add_dtype_flag, pick_device, resolve_dtype
+from utils.outputs import SAMPLING_JSON
+from utils.runtime import add_dtype_flag, dtype_name, pick_device, resolve_dtype
 
 PROG = "p1_ddpm_sample.py"
 DEFAULT_CKPT = Path(__file__).resolve().parent / "checkpoints" / "p1_ddpm.pt"
@@ -102,10 +102,9 @@ def main(argv=None):
     caption = f"{settings.sampler}, {steps}, w={settings.guidance}" if args.grid else None
     write_outputs(args.out_dir, config["datasets"], images, grid_caption=caption, reverse=reverse)
     record = {"ckpt": str(args.ckpt), **asdict(settings), "timesteps": settings.timesteps(T), "seed": args.seed,
-              "per_digit": args.per_digit, "dtype": next(k for k, v in DTYPES.items() if v == dtype),
+              "per_digit": args.per_digit, "dtype": dtype_name(dtype),
               "device": str(device)}
-    with staged_file(args.out_dir / "sampling.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
+    write_json(args.out_dir / SAMPLING_JSON, record)
     print(f"wrote {images.shape[0] * images.shape[1] * images.shape[2]} images to {args.out_dir}")
     return args.out_dir
 

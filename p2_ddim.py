@@ -12,7 +12,6 @@ an earlier one, and a failed run leaves the earlier OUT_DIR as it was. So OUT_DI
 inputs, and an existing one may hold only what P2 writes (*.png, *.json).
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -29,10 +28,12 @@ from utils.cli import (
     probability,
     skip_missing,
     staged_dir,
+    write_json,
 )
 from utils.errors import UserError, cli
 from utils.face_io import load_ground_truth, load_noises, minmax_uint8, mse_255, save_pngs
 from utils.images import labelled_grid
+from utils.outputs import CONVENTIONS_JSON, CONVENTIONS_PNG, ETA_SWEEP_PNG, INTERPOLATION_PNG, MSE_JSON
 from utils.runtime import add_dtype_flag, pick_device, resolve_dtype, seed_everything
 
 PROG = "p2_ddim.py"
@@ -90,10 +91,6 @@ def save_figure(images, row_labels, col_labels, title, path: Path) -> None:
     labelled_grid(tiles, row_labels, col_labels, title, scale=scale).save(path)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 def check_finite(x: torch.Tensor, labels: list[str], what: str) -> torch.Tensor:
     """Samples x (..., N, 3, H, W), one label per column N: a UserError naming the first column with a NaN
     or inf anywhere (min-max normalisation would write it as a black image, and exit 0)."""
@@ -139,16 +136,16 @@ def main(argv=None):
     sweep = interpolation = conventions = None
     if args.eta_sweep:
         sweep = check_finite(eta_sweep(model, x_T[:4], ETAS, seed=args.seed, convention=args.convention, **options),
-                             noise_files[:4], "eta_sweep.png")  # (5, 4, 3, H, W)
+                             noise_files[:4], ETA_SWEEP_PNG)  # (5, 4, 3, H, W)
     if args.interpolation:
         noises = interpolated_noises(x_T[0], x_T[1], ALPHAS)  # (2, 11, 3, H, W)
         interpolation = check_finite(sample_faces(model, noises.flatten(0, 1), eta=0.0, convention=args.convention,
                                                   **options).view(noises.shape),
-                                     [f"alpha {a:.1f}" for a in ALPHAS], "interpolation.png")
+                                     [f"alpha {a:.1f}" for a in ALPHAS], INTERPOLATION_PNG)
     if args.compare_conventions:
         conventions = {c: samples if (c, args.eta) == (args.convention, 0) else
                        check_finite(sample_faces(model, x_T, eta=0.0, convention=c, **options), noise_files,
-                                    f"conventions.png ({c})") for c in ("ldm", "paper")}
+                                    f"{CONVENTIONS_PNG} ({c})") for c in ("ldm", "paper")}
 
     images = minmax_uint8(samples)
     with staged_dir(args.out_dir) as out:
@@ -161,24 +158,24 @@ def main(argv=None):
             print(f"mean MSE {mean:.3f} over {len(mse)} images ({args.convention} convention)")
             print(f"{'PASS' if passed else 'FAIL'}: mean MSE {mean:.3f} {'<' if passed else '>='} "
                   f"baseline {args.baseline:g}")
-            write_json(out / "mse.json", {"per_image": dict(zip(names, mse.tolist())), "mean": mean,
+            write_json(out / MSE_JSON, {"per_image": dict(zip(names, mse.tolist())), "mean": mean,
                                           "baseline": args.baseline, "passed": passed, **setting})
         if sweep is not None:
             save_figure(sweep, [f"eta={e:g}" for e in ETAS], names[:4],
                         f"DDIM {args.steps} steps ({args.convention}), eta sweep (seed {args.seed})",
-                        out / "eta_sweep.png")
+                        out / ETA_SWEEP_PNG)
         if interpolation is not None:
             save_figure(interpolation, ["slerp", "lerp"], [f"{a:.1f}" for a in ALPHAS],
                         f"x_T from {names[0]} (alpha 0) to {names[1]} (alpha 1), DDIM eta 0 ({args.convention})",
-                        out / "interpolation.png")
+                        out / INTERPOLATION_PNG)
         if conventions is not None:
             ldm, paper = conventions["ldm"], conventions["paper"]
             mse = mse_255(minmax_uint8(ldm), minmax_uint8(paper))
             print(f"ldm vs paper convention: mean MSE {mse.mean():.3f} (0-255 pixels) over {len(mse)} images")
             save_figure(torch.stack([ldm, paper]), ["ldm", "paper"], names,
                         f"DDIM {args.steps} steps, eta 0: ldm (981..1, clamped) vs paper (980..0) grid; "
-                        f"mean MSE {mse.mean():.2f}", out / "conventions.png")
-            write_json(out / "conventions.json",
+                        f"mean MSE {mse.mean():.2f}", out / CONVENTIONS_PNG)
+            write_json(out / CONVENTIONS_JSON,
                        {"per_image": dict(zip(names, mse.tolist())), "mean": float(mse.mean()),
                         "steps": args.steps, "dtype": setting["dtype"]})
         written = sorted(p.name for p in out.iterdir())

@@ -7,7 +7,6 @@ with where to put it.
 """
 import argparse
 import csv
-import json
 import time
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import torch
 
 from models.clip_weights import MissingWeightsError, resolve_weights
 from models.clip_zeroshot import DEFAULT_TEMPLATES, classify, load_clip, read_templates, resolve_model, text_embeddings
-from utils.cli import check_writable_dir, missing_paths, nonnegative_int, positive_int, skip_missing
+from utils.cli import check_writable_dir, missing_paths, nonnegative_int, positive_int, skip_missing, write_json
 from utils.clip_data import ValImage, cases_figure, label_words, list_val_images, read_id2label
 from utils.errors import UserError, cli
+from utils.outputs import CASES_PNG, PREDICTIONS_CSV, RESULTS_JSON
 from utils.runtime import pick_device, seed_everything
 
 PROG = "p3_clip_zeroshot.py"
@@ -117,8 +117,8 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results.update(model=args.model, pretrained=str(weights.path), templates=templates, skipped=skipped,
                    ignored_files=ignored, seconds=round(seconds, 2))
-    (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    with open(args.out_dir / "predictions.csv", "w", newline="") as f:
+    write_json(args.out_dir / RESULTS_JSON, results)
+    with open(args.out_dir / PREDICTIONS_CSV, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -127,7 +127,7 @@ def main(argv=None):
                             [by_file[c["file"]] for c in results["successes"]]),
                            (f"Failures ({len(results['failures'])} of {sum(not r['correct'] for r in rows)} wrong)",
                             [by_file[c["file"]] for c in results["failures"]])])
-    figure.save(args.out_dir / "cases.png")
+    figure.save(args.out_dir / CASES_PNG)
     print(f"accuracy {results['accuracy']:.4f} (top-5 {results['top5_accuracy']:.4f}) on {results['n']} images"
           + (f", {len(skipped)} unreadable image(s) skipped" if skipped else "")
           + f"; {len(rows) / seconds:.1f} images/s; wrote {args.out_dir}/results.json, predictions.csv, cases.png")

@@ -68,10 +68,12 @@ from utils.cli import (
     positive_int,
     staged_dir,
     staged_file,
+    write_json,
 )
 from utils.clip_score import generated_file
 from utils.errors import UserError, cli
 from utils.images import labelled_grid
+from utils.outputs import TRAIN_LOG_JSONL
 from utils.runtime import seed_everything
 from p3_sd_cli import (
     common_flags,
@@ -202,8 +204,7 @@ def class_images(args, class_words: list[str], device: torch.device, is_main: bo
     if todo and is_main:
         pipe = prepare_sampling(load_pipeline(args.model), "dpm++", device, args.dtype)
         for folder, info, have in todo:
-            with staged_file(folder / "info.json") as tmp:
-                tmp.write_text(json.dumps(info))
+            write_json(folder / "info.json", info)
             for i in tqdm(range(have, args.num_class_images), desc=f"class images '{info['prompt']}'",
                           disable=args.quiet, dynamic_ncols=True):
                 image = sample(pipe, info["prompt"], 1, Sampling(i, 1, args.reg_steps, 6.0, args.resolution))[0]
@@ -329,7 +330,7 @@ def _train(args, accelerator, dtype) -> TrainResult:
     start, start_step = time.time(), step
     unet_p.train()
     step = run_steps(accelerator, train_step, save, step=step, total=total, lr=lr, log_every=args.log_every,
-                     save_every=args.save_every, log_path=args.out_dir / "train_log.jsonl", quiet=args.quiet)
+                     save_every=args.save_every, log_path=args.out_dir / TRAIN_LOG_JSONL, quiet=args.quiet)
     if main_process:
         print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; weights in {args.out_dir}")
     return TrainResult(args.out_dir, unet, text_encoder, ids)

@@ -9,7 +9,6 @@ MODEL is a diffusers folder or the original single-file checkpoint (sd-v1-4.ckpt
 nothing is downloaded. Learned embeddings live in EMBEDS_DIR/{token without <>}.safetensors.
 """
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -42,11 +41,12 @@ from utils.cli import (
     nonnegative_int,
     positive_float,
     positive_int,
-    staged_file,
+    write_json,
 )
 from utils.clip_score import ClipScorer, generated_file, load_generated, top_k_means
 from utils.errors import UserError, cli
 from utils.images import labelled_grid, load_rgb
+from utils.outputs import TRAIN_LOG_JSONL
 from utils.runtime import pick_device, seed_everything
 from p3_sd_cli import (
     common_flags,
@@ -238,7 +238,7 @@ def _train(args, accelerator, dtype) -> TrainResult:
               f"{dtype}, batch {args.batch_size} x {accelerator.num_processes} process(es), steps {step}->{args.steps}")
     start, start_step = time.time(), step
     step = run_steps(accelerator, train_step, save, step=step, total=args.steps, lr=args.lr, log_every=args.log_every,
-                     save_every=args.save_every, log_path=run / "train_log.jsonl", desc=f"train {args.token}",
+                     save_every=args.save_every, log_path=run / TRAIN_LOG_JSONL, desc=f"train {args.token}",
                      quiet=args.quiet)
     if main_process:
         print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; embeddings {out}")
@@ -286,8 +286,7 @@ def evaluate(args):
                   f"{'PASS' if passed else 'FAIL':6}  {text}")
     print(f"{sum(r['pass'] for r in results)}/{len(results)} prompts pass their baseline")
     if args.json:
-        with staged_file(args.json) as tmp:
-            tmp.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

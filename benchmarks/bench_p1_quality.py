@@ -22,6 +22,7 @@ from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_pe
 from models.p1_networks import load_p1_model
 from models.p1_sampling import DEFAULTS, Settings, checkpoint_defaults, sample
 from p1_ddpm_eval import load_judge, score
+from utils.cli import write_json
 from utils.runtime import cpu_capability, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +116,8 @@ def main(argv=None):
     print("GFLOP per image; units estimated from them (see the docstring); "
           "* SVHN here is the synthetic stand-in of ../shared, judged by the "
           "project's classifier")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"per_digit": args.per_digit, "seeds": args.seed, "dtype": args.dtype,
-                                    "cpu": cpu_capability(), "rows": rows}, indent=2))
+    write_json(args.out, {"per_digit": args.per_digit, "seeds": args.seed, "dtype": args.dtype,
+                          "cpu": cpu_capability(), "rows": rows})
     print(f"wrote {args.out}")
     return rows
 

@@ -10,7 +10,6 @@ timed before and after each graded run and averaged, so a neighbour's load shift
 Absolute seconds vary 2-5x between hosts and with load: the ratio is the result. Writes JSON.
 """
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from benchmarks.classic_context_unet import ClassicContextUnet, classic_gflop_per_image, gflop
 from models.p1_networks import load_p1_model
 from models.p1_sampling import DEFAULTS, Settings, checkpoint_defaults, guided_denoiser, sample, write_outputs
+from utils.cli import write_json
 from utils.runtime import cpu_capability, native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +120,7 @@ def main(argv=None):
         print(f"{r['dtype']:12s} {r['units']:6.2f} {r['graded_s']:9.1f} {r['unit_s']:7.1f} {flop_units:15.2f}")
     print(f"(the classic recipe, 400 guided DDPM steps, is 400 units; GFLOP per image: a classic forward "
           f"{classic_gflop:.2f}, our graded run {ours:.2f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
 

@@ -8,7 +8,6 @@ Without `--unet` the weights are random: timings hold, but the MSE check needs t
 Writes a JSON to `--out`.
 """
 import argparse
-import json
 import platform
 import resource
 import time
@@ -20,6 +19,7 @@ from diffusers import DDIMScheduler
 from models.face_ddim import NUM_TRAIN_STEPS, sample_faces
 from models.face_unet import FaceUNet, load_face_unet
 from p2_ddim import ddim_steps
+from utils.cli import write_json
 from utils.face_io import load_noises, minmax_uint8, mse_255
 from utils.runtime import (
     DTYPES,
@@ -156,8 +156,7 @@ def main(argv=None):
         if not g["real_weights"]:
             print("  (random weights: the MSE column says little about the real UNet.pt; pass --unet)")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

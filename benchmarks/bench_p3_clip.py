@@ -5,7 +5,6 @@ the 50-class text embedding, and image encoding + logits per batch size. Random 
 as trained ones and need no download. Writes the table to --out as JSON.
 """
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from models.clip_weights import Weights
 from models.clip_zeroshot import DEFAULT_TEMPLATES, image_logits, load_clip, resolve_model, text_embeddings
+from utils.cli import write_json
 from utils.runtime import pick_device, seed_everything
 
 
@@ -75,12 +75,11 @@ def main(argv=None):
     best = max(r["images_per_s"] for r in rows)
     print(f"2,500 images (50 per class) at the best batch size: about {2500 / best:.0f} s of encoding")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_json(args.out, {
         "model": name, "weights": "random", "device": str(device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "preprocess_images_per_s": n_pre / pre_s, "text_embedding_s": text_s, "num_classes": args.num_classes,
-        "rows": rows}, indent=2) + "\n")
+        "rows": rows})
     print(f"wrote {args.out}")
     return rows
 

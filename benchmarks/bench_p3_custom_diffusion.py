@@ -24,7 +24,8 @@ from benchmarks.bench_p3_textual_inversion import bench_train as bench_ti_train
 from models.custom_diffusion import custom_diffusion_loss, setup_training
 from models.sd_loading import random_pipeline, shipped_configs
 from models.stable_diffusion import restore_rows
-from utils.runtime import cpu_capability, seed_everything
+from utils.cli import write_json
+from utils.runtime import autocast, cpu_capability, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def bench_train(pipe, device, dtype, batch: int, res: int, steps: int) -> dict:
         pixels = torch.rand(2 * batch, 3, res, res, generator=gen) * 2 - 1
         sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, dtype):
             loss = custom_diffusion_loss(pipe.unet, pipe.vae, pipe.text_encoder, scheduler, pixels, masks, input_ids,
                                          gen, num_instance=batch, device=device)
         loss.backward()
@@ -111,8 +112,7 @@ def main(argv=None):
         ratio = r["train"]["s_per_step"] / r["ti_train"]["s_per_step"]
         print(f"{r['setup']:32} {r['train']['s_per_step']:12.3f} {ratio:9.2f} {fmt_gb(r['train']['peak_gb']):>9} "
               f"{r['generate']['s_per_25_images']:12.2f} {fmt_gb(r['generate']['peak_gb']):>10}  {card}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"torch": torch.__version__, "cpu": cpu_capability(), "rows": rows}, indent=2))
+    write_json(args.out, {"torch": torch.__version__, "cpu": cpu_capability(), "rows": rows})
     print(f"wrote {args.out}")
     return rows
 

@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler
 from models.sd_loading import random_pipeline, shipped_configs
 from models.stable_diffusion import Sampling, add_placeholder, sample
 from models.textual_inversion import diffusion_loss, optimise, setup_training
+from utils.cli import write_json
 from utils.clip_score import IMAGES_PER_PROMPT
 from utils.runtime import seed_everything
 
@@ -130,9 +131,7 @@ def main(argv=None):
         print(f"{r['setup']:32} {r['train']['s_per_step']:12.3f} {fmt_gb(r['train']['peak_gb']):>9} "
               f"{r['generate']['s_per_25_images']:12.2f} {fmt_gb(r['generate']['peak_gb']):>10} "
               f"{r['hw2_3_minutes']:10.2f}  {limits}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows},
-                                   indent=2))
+    write_json(args.out, {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows})
     print(f"wrote {args.out}")
     return rows
 

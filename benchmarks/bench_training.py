@@ -27,8 +27,10 @@ import p1_ddpm_train
 from models import p1_training
 from models.context_unet import ContextUnet
 from models.diffusion import alphas_cumprod, drop_condition, epsilon_loss, linear_betas, q_sample
+from utils.cli import write_json
 from utils.digits import DigitData
-from utils.runtime import cpu_capability
+from utils.outputs import TRAIN_LOG_JSONL
+from utils.runtime import autocast, cpu_capability
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def time_loop(data: DigitData, args, device: torch.device, legacy: bool) -> floa
     weights, n = data.balanced_weights(), args.batch_size
     images = data.images if legacy else data.images.to(device)
     ema_params, params = list(ema.parameters()), list(net.parameters())
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = autocast(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     total = None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
@@ -139,7 +141,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         p1_ddpm_train.main(script_argv(args, Path(tmp) / "one"))
         rows.append({"setup": "accelerate, p1_ddpm_train.py", "processes": 1,
-                     "steps_per_s": steps_per_second(Path(tmp) / "one" / "train_log.jsonl", args.warmup)})
+                     "steps_per_s": steps_per_second(Path(tmp) / "one" / TRAIN_LOG_JSONL, args.warmup)})
         if nproc > 1:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             if not cuda:
@@ -148,7 +150,7 @@ def main(argv=None):
                             str(nproc), str(ROOT / "p1_ddpm_train.py"), *script_argv(args, Path(tmp) / "many")],
                            check=True, env=env, cwd=ROOT)
             rows.append({"setup": "accelerate, p1_ddpm_train.py", "processes": nproc,
-                         "steps_per_s": steps_per_second(Path(tmp) / "many" / "train_log.jsonl", args.warmup)})
+                         "steps_per_s": steps_per_second(Path(tmp) / "many" / TRAIN_LOG_JSONL, args.warmup)})
         else:
             print("one device: the multi-process row did not run")
     single = rows[2]["steps_per_s"]
@@ -166,9 +168,8 @@ def main(argv=None):
             note = ""
         print(f"{r['setup']:32} {r['processes']:9d} {r['steps_per_s']:8.2f} {r['images_per_s']:9.0f} "
               f"{1000 / r['steps_per_s']:8.1f}  {note}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": cpu_capability(), "cuda": cuda, "torch": torch.__version__,
-                                    "config": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    write_json(args.out, {"cpu": cpu_capability(), "cuda": cuda, "torch": torch.__version__,
+                          "config": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"wrote {args.out}")
     return rows
 

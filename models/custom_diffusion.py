@@ -29,7 +29,7 @@ from models.stable_diffusion import (
     prepare_sampling,
     save_learned_embeds,
 )
-from utils.cli import staged_file
+from utils.cli import staged_file, write_json
 from utils.errors import UserError
 
 # rarely used single CLIP tokens: the paper initialises the modifier tokens from rare tokens
@@ -78,8 +78,7 @@ def save_weights(folder: Path, unet, text_encoder, tokens: list[str], ids: list[
     weight = text_encoder.get_input_embeddings().weight
     for token, i in zip(tokens, ids):
         save_learned_embeds(embeds_path(folder, token), token, weight[i:i + 1], {"steps": config.get("steps")})
-    with staged_file(Path(folder) / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2))
+    write_json(Path(folder) / "config.json", config)
 
 
 def read_config(folder: Path) -> dict:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from utils.runtime import autocast
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # callback(i, t, x_t, eps): called before step i, which leaves timestep t
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -305,7 +307,7 @@ class ClassifierFreeGuidance:
             guided = torch.full_like(t[sl], self.w != 0, dtype=torch.bool)
             if self.interval is not None:
                 guided &= (t[sl] >= self.interval[0]) & (t[sl] <= self.interval[1])
-            with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            with autocast(x.device, self.dtype):
                 out.append(self._chunk(x[sl], t[sl], [c[sl] for c in self.cond], [n[sl] for n in self.null], guided))
         return torch.cat(out)
 

@@ -18,7 +18,7 @@ import torch
 
 from models.diffusion import alphas_cumprod, ddim_sample, linear_betas, spaced_timesteps
 from models.interpolation import lerp, slerp
-from utils.runtime import Autocast
+from utils.runtime import autocast
 
 NUM_TRAIN_STEPS = 1000  # linear betas 1e-4 .. 2e-2, as the UNet was trained
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the report's eta sweep
@@ -76,7 +76,11 @@ def sample_faces(model, x_T: torch.Tensor, *, eta: float = 0.0, num_steps: int =
     if eta > 0:
         noisy_steps = num_steps - 1 if options["final_alpha_bar"] == 1.0 else num_steps
         noises = [torch.randn(x_T.shape, generator=generator) for _ in range(noisy_steps)]
-    denoiser = Autocast(model, dtype)
+
+    def denoiser(x: torch.Tensor, *rest) -> torch.Tensor:  # the network in `dtype`, eps in float32
+        with autocast(x.device, dtype):
+            return model(x, *rest).float()
+
     batch_size = batch_size or len(x_T)
     out = []
     for start in range(0, len(x_T), batch_size):

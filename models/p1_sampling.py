@@ -25,6 +25,7 @@ from models.diffusion import (
 from utils.cli import staged_dir, staged_file
 from utils.errors import UserError
 from utils.images import labelled_grid, save_png, to_uint8
+from utils.outputs import grid_png, reverse_process_png
 from utils.runtime import seed_everything
 
 REVERSE_POINTS_500 = (500, 320, 200, 120, 40, 1)  # the report's points for a 500-step model
@@ -131,11 +132,11 @@ def write_outputs(out_dir: Path, datasets: list[str], images: np.ndarray, *, gri
     for s, name in enumerate(datasets):
         if grid_caption is not None:
             cols = min(10, images.shape[2])
-            figures[f"grid_{name}.png"] = labelled_grid(
+            figures[grid_png(name)] = labelled_grid(
                 images[s, :, :cols], row_labels=list(range(10)),
                 title=f"{name}: rows digits 0-9, columns samples 1-{cols} ({grid_caption})")
         if reverse is not None:
-            figures[f"reverse_process_{name}.png"] = labelled_grid(
+            figures[reverse_process_png(name)] = labelled_grid(
                 reverse.tiles[s][None], col_labels=[f"t={p}" for p in reverse.points], scale=4,
                 title=f"{name}: reverse process of a '0' (DDPM, {reverse.points[0]} steps)")
     with ExitStack() as stack:
@@ -145,7 +146,7 @@ def write_outputs(out_dir: Path, datasets: list[str], images: np.ndarray, *, gri
                 for k in range(images.shape[2]):
                     save_png(images[s, d, k], folder / f"{d}_{k + 1:03d}.png")
         for name in datasets:  # no figure of an earlier run stays beside the new images
-            for old in (f"grid_{name}.png", f"reverse_process_{name}.png"):
+            for old in (grid_png(name), reverse_process_png(name)):
                 (out_dir / old).unlink(missing_ok=True)
     for file, figure in figures.items():
         with staged_file(out_dir / file) as tmp:

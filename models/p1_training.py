@@ -27,6 +27,7 @@ from models.diffusion import (
 from models.p1_networks import build_from_config
 from utils.checkpoint import save_checkpoint
 from utils.digits import DigitData
+from utils.outputs import TRAIN_LOG_JSONL
 from utils.training import LossMeter, TrainLog, generator_states, process_generator
 
 
@@ -126,7 +127,7 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
                              "optimizer": opt.state_dict(), "step": step, "generators": gens}, out_dir / "last.pt")
             save_sampling(out_dir / "model.pt")
 
-    log, meter = TrainLog(out_dir / "train_log.jsonl", main_process, resumed_at=step), LossMeter(accelerator)
+    log, meter = TrainLog(out_dir / TRAIN_LOG_JSONL, main_process, resumed_at=step), LossMeter(accelerator)
     T = config["schedule"]["num_steps"]
     grid = mid = None
     if distill and "steps" in distill:  # step distillation: the student's step i is the teacher's 2i and 2i + 1

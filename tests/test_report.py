@@ -24,7 +24,7 @@ import p3_clip_zeroshot
 import report
 from models.clip_zeroshot import resolve_model
 from models.face_unet import FaceUNet
-from utils.report import read_train_log
+from report import read_train_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_P1 = ["--limit", "200", "--n-feat", "8", "--num-timesteps", "50", "--batch-size", "16"]

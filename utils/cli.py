@@ -6,6 +6,7 @@ The argument types raise `argparse.ArgumentTypeError`, so argparse prints
 `PROG: error: argument --steps: ...` and exits 2, before any work starts.
 """
 import argparse
+import json
 import math
 import os
 import shutil
@@ -136,6 +137,12 @@ def staged_file(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
+
+
+def write_json(path: Path, obj) -> None:
+    """The one JSON format the programs write, `indent=2` and a final newline, written atomically."""
+    with staged_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def missing_paths(inputs: dict[str, Path | None]) -> list[str]:

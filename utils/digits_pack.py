@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.cli import inside, positive_float, positive_int, safe_name
+from utils.cli import inside, positive_float, positive_int, safe_name, write_json
 from utils.digits import DATASETS, IMAGE_SIZE, load_split, read_split_csv
 from utils.errors import UserError, cli, reason
 from utils.images import load_rgb
@@ -77,7 +77,7 @@ def _write(root: Path, staging: Path, datasets, splits, tiles: int, method: int)
                 Image.fromarray(grid.reshape(side, side, 3)).save(path, "WEBP", lossless=True, quality=100,
                                                                   method=method)
                 files.append(path)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(staging / MANIFEST, manifest)
     return [staging / MANIFEST] + files
 
 

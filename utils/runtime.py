@@ -2,7 +2,7 @@
 
 Precision has one flag everywhere, `--dtype auto|fp32|bf16|fp16` (`add_dtype_flag`); the P1
 scripts also accept the older `--bf16 auto|on|off` (on = bf16, off = fp32). Networks run under
-autocast in that dtype (`Autocast`); weights, optimizers and the samplers' arithmetic stay fp32.
+autocast in that dtype (`autocast`); weights, optimizers and the samplers' arithmetic stay fp32.
 """
 import argparse
 import random
@@ -79,16 +79,18 @@ def add_dtype_flag(parser: argparse.ArgumentParser, auto: str, default: str = "a
                             help="older spelling of --dtype: on = bf16, off = fp32, auto = auto")
 
 
-class Autocast:
-    """`model(*inputs)` run under autocast in `dtype`, its output returned in float32.
+def dtype_name(dtype: torch.dtype) -> str:
+    """The `--dtype` name of a torch dtype: 'fp32', 'bf16' or 'fp16'."""
+    return next(name for name, dt in DTYPES.items() if dt == dtype)
 
-    The sampler's update stays in float32 (x_t is never rounded to 16 bits); autocast keeps
-    GroupNorm and softmax in float32 and runs the convolutions and matmuls in `dtype`.
-    """
 
-    def __init__(self, model, dtype: torch.dtype):
-        self.model, self.dtype = model, dtype
+def mixed_precision(dtype: torch.dtype) -> str:
+    """accelerate's `mixed_precision` for `dtype`: 'no' for fp32, else its `--dtype` name."""
+    return "no" if dtype == torch.float32 else dtype_name(dtype)
 
-    def __call__(self, x: torch.Tensor, *rest) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.model(x, *rest).float()
+
+def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
+    """The one precision switch: autocast in `dtype` on `device`'s type, disabled for fp32. Autocast keeps
+    GroupNorm and softmax in float32 and runs the convolutions and matmuls in `dtype`; the caller returns
+    the network's output in float32, so the sampler's update never rounds x_t to 16 bits."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)

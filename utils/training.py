@@ -24,9 +24,7 @@ from tqdm import tqdm
 
 from utils.cli import staged_file
 from utils.errors import UserError
-from utils.runtime import pick_device, resolve_dtype
-
-MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+from utils.runtime import mixed_precision, pick_device, resolve_dtype
 
 
 @contextmanager
@@ -48,7 +46,7 @@ def accelerated(device: str, dtype: str, *, cuda: str, cpu: str) -> Iterator[tup
     dt = resolve_dtype(dtype, torch.device("cpu" if use_cpu else "cuda"), cuda=cuda, cpu=cpu)
     if use_cpu and dt == torch.float16:
         raise UserError("--dtype fp16: mixed precision in fp16 needs CUDA; use bf16 or fp32 on a CPU")
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=MIXED_PRECISION[dt])
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision(dt))
     try:
         yield accelerator, dt
     finally:
