@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
-from tqdm import tqdm
 
 from models.diffusion import (
     alphas_cumprod,
@@ -28,7 +27,7 @@ from models.p1_networks import build_from_config
 from utils.checkpoint import save_checkpoint
 from utils.digits import DigitData
 from utils.outputs import TRAIN_LOG_JSONL
-from utils.training import LossMeter, TrainLog, generator_states, process_generator
+from utils.training import generator_states, process_generator, run_steps
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -117,34 +116,34 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
               f"{str(dtype).removeprefix('torch.')}, batch {batch_size} x {accelerator.num_processes} "
               f"process(es), steps {step}->{steps}")
 
-    def save_sampling(path):  # what p1_ddpm_sample.py needs: config and EMA weights
+    def save_sampling(path, step):  # what p1_ddpm_sample.py needs: config and EMA weights
         save_checkpoint({"config": config, "ema": ema.state_dict(), "step": step}, path)
 
-    def save():
+    def save(step):
         gens = generator_states(gen)  # collective: every process takes part
         if main_process:
             save_checkpoint({"config": config, "model": net.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "step": step, "generators": gens}, out_dir / "last.pt")
-            save_sampling(out_dir / "model.pt")
+            save_sampling(out_dir / "model.pt", step)
 
-    log, meter = TrainLog(out_dir / TRAIN_LOG_JSONL, main_process, resumed_at=step), LossMeter(accelerator)
     T = config["schedule"]["num_steps"]
     grid = mid = None
     if distill and "steps" in distill:  # step distillation: the student's step i is the teacher's 2i and 2i + 1
         K = distill["steps"]
         grid = torch.tensor(trailing_timesteps(T, K) + [-1], device=device)  # -1: the end (alpha_bar = 1)
         mid = torch.tensor(trailing_timesteps(T, 2 * K)[1::2], device=device)
-    bar = tqdm(total=steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
-    start_step, start = step, time.time()
-    while step < steps:
+
+    def step_lr(i):  # the learning rate of step i (0-based)
+        return lr * lr_factor(i, warmup, steps)
+
+    def train_step(i):
         batch = draw_batch(gen, weights, labels, null, batch_size, len(mid) if mid is not None else T,
                            0.0 if distill else config["p_uncond"], distill["w_range"] if distill else None)
         x0 = images[batch.idx.to(device)].float() / 127.5 - 1  # (B, 3, 28, 28) in [-1, 1]
         cond = tuple(c.to(device) for c in batch.cond)
         t, noise = batch.t.to(device), batch.noise.to(device)
-        step_lr = lr * lr_factor(step, warmup, steps)
         for group in opt.param_groups:
-            group["lr"] = step_lr
+            group["lr"] = step_lr(i)
         if teacher is None:
             loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
         elif grid is not None:  # t indexes the student's grid
@@ -160,20 +159,14 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
-        ema_update(ema_params, params, min(ema_decay, (1 + step) / (10 + step)))
-        meter.add(loss)
-        bar.update(1)
-        if step % log_every == 0 or step == steps:
-            mean = meter.mean()
-            log.write(step, mean, step_lr)
-            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{step_lr:.1e}")
-        if step % save_every == 0 or step == steps:
-            save()
-        if main_process and keep_every and step % keep_every == 0:
-            save_sampling(out_dir / f"model_{step:06d}.pt")
-    bar.close()
-    accelerator.wait_for_everyone()
+        ema_update(ema_params, params, min(ema_decay, (2 + i) / (11 + i)))  # the warm-up decay at step i + 1
+        if main_process and keep_every and (i + 1) % keep_every == 0:
+            save_sampling(out_dir / f"model_{i + 1:06d}.pt", i + 1)
+        return loss
+
+    start_step, start = step, time.time()
+    step = run_steps(accelerator, train_step, save, step=step, total=steps, lr=step_lr, log_every=log_every,
+                     save_every=save_every, log_path=out_dir / TRAIN_LOG_JSONL)
     if main_process:
         print(f"done: {step - start_step} steps in {time.time() - start:.0f} s; "
               f"sampling checkpoint {out_dir / 'model.pt'}")

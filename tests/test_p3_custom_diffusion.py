@@ -147,7 +147,7 @@ def test_train_changes_only_the_modifier_rows_and_cross_attention_kv(tiny_sd, tr
     after = result.text_encoder.get_input_embeddings().weight.detach()
     assert after.shape == (49410, 32) and result.ids == [49408, 49409]
     assert torch.equal(after[:49408], before)  # no other row, the caption's words included
-    # every modifier token learned (diffusers issue 7294: the last one's gradient was masked, so weight decay
+    # every modifier token learned (diffusers#7294: the last one's gradient was masked, so weight decay
     # alone moved it, by at most steps x lr x decay x |row| = 1.6e-4 |row| here); each moved far beyond that
     for i, word in zip(result.ids, RARE_WORDS):
         start = before[pipe.tokenizer.convert_tokens_to_ids(word + "</w>")]

@@ -155,13 +155,15 @@ class LossMeter:
 
 
 def run_steps(accelerator: Accelerator, train_step: Callable[[int], torch.Tensor], save: Callable[[int], None], *,
-              step: int, total: int, lr: float, log_every: int, save_every: int, log_path: Path,
-              desc: str = "train", quiet: bool = False) -> int:
+              step: int, total: int, lr: float | Callable[[int], float], log_every: int, save_every: int,
+              log_path: Path, desc: str = "train", quiet: bool = False) -> int:
     """A trainer's step loop from `step` to `total`: `train_step(step)` makes one optimisation step and returns
-    its loss; every `log_every` steps and at the last, the mean loss since the previous line (`LossMeter`) goes
-    to the progress bar and a line of `log_path` (`TrainLog`); every `save_every` steps and at the last,
-    `save(step)` (every process calls it: it may gather). With no step left to run it saves once. Only the
-    main process logs and shows the bar. Returns the final step."""
+    its loss; every `log_every` steps and at the last, the mean loss since the previous line (`LossMeter`) and
+    the learning rate of the last step (`lr`, or `lr(i)` for the 0-based step i) go to the progress bar and a
+    line of `log_path` (`TrainLog`); every `save_every` steps and at the last, `save(step)` (every process
+    calls it: it may gather). With no step left to run it saves once. Only the main process logs and shows the
+    bar. Returns the final step."""
+    lr_of = lr if callable(lr) else (lambda _: lr)
     main_process = accelerator.is_main_process
     log, meter = TrainLog(log_path, main_process, resumed_at=step), LossMeter(accelerator)
     bar = tqdm(total=total, initial=step, desc=desc, disable=quiet or not main_process, dynamic_ncols=True)
@@ -173,9 +175,9 @@ def run_steps(accelerator: Accelerator, train_step: Callable[[int], torch.Tensor
         meter.add(loss)
         bar.update(1)
         if step % log_every == 0 or step == total:
-            mean = meter.mean()
-            log.write(step, mean, lr)
-            bar.set_postfix(loss=f"{mean:.4f}")
+            mean, step_lr = meter.mean(), lr_of(step - 1)
+            log.write(step, mean, step_lr)
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{step_lr:.1e}")
         if step % save_every == 0 or step == total:
             save(step)
     bar.close()
