@@ -98,12 +98,14 @@ SCRIPT = re.compile(r"(?:\.venv/bin/)?python (?:-m (?P<module>[\w.]+)|(?P<script
 
 
 def run(command: str, cwd: Path, env: dict, monkeypatch) -> tuple[int, str]:
-    """Exit status and output of `command` run with bash in `cwd`. A plain `python SCRIPT ...` runs in this
-    process (runpy, as `python` would run it: its own __file__, sys.argv, the working folder and environment
-    set), which spares a second import of torch and diffusers; anything else runs in a subprocess."""
+    """Exit status and output of `command` run with bash in `cwd`, `env` set on top of our environment. A
+    plain `python SCRIPT ...` runs in this process (runpy, as `python` would run it: its own __file__,
+    sys.argv, the working folder and environment set), which spares a second import of torch and diffusers;
+    anything else runs in a subprocess."""
     m = SCRIPT.fullmatch(command)
     if m is None or re.search(r"[*?|;&$<>`()]", command):
-        done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+        done = subprocess.run(["bash", "-c", command], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=400)
         return done.returncode, done.stdout + done.stderr
     out = io.StringIO()
     with monkeypatch.context() as mp:
@@ -140,7 +142,7 @@ def test_documented_command(documented, sandbox_template, tmp_path, monkeypatch)
         return
     project = tmp_path / "project"
     subprocess.run(["cp", "-al", str(sandbox_template), str(project)], check=True)  # hard links: a cheap copy
-    env = {**os.environ, "PATH": f"{project / '.venv' / 'bin'}:{os.environ['PATH']}", "HW2_SKIP_SETUP": "1",
+    env = {"PATH": f"{project / '.venv' / 'bin'}:{os.environ['PATH']}", "HW2_SKIP_SETUP": "1",  # on top of ours
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", **how.env}
     for before in how.before:
         code, output = run(before, project, env, monkeypatch)
