@@ -32,12 +32,28 @@ from utils.training import accelerated, describe, resume_note
 PROG = "p1_ddpm_train.py"
 # the flags a checkpoint's config records: a resumed run keeps the checkpoint's values, and refuses one given
 # explicitly that differs (one left at its default takes the checkpoint's without complaint)
-CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "num_timesteps", "beta_start", "beta_end", "p_uncond")
+# named presets of the flags below (a flag given explicitly still wins); docs/results/p1_training.md has their runs
+RECIPES = {
+    # the parser's own defaults: the shipped checkpoint's recipe, about 6 minutes on one H100 (22 hours on 2 CPU cores)
+    "gpu": {},
+    # from scratch on a CPU: the image as 2x2 patches (14x14 and 7x7 levels: about 0.2 GFLOP a forward against
+    # the ContextUnet-128's 2.2), small batches at a higher learning rate, Min-SNR-5 weighting
+    "cpu": {"arch": "channel_mult_unet", "n_feat": 64, "channel_mult": (1, 2), "patch": 2, "batch_size": 64,
+            "lr": 1e-3, "warmup": 200, "min_snr_gamma": 5.0, "steps": 9000},
+}
+CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "patch", "num_timesteps", "beta_start", "beta_end", "p_uncond")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--recipe", choices=("auto", *RECIPES), default="gpu",
+                   help="a named preset of the flags below (any flag given explicitly still wins); auto = gpu where "
+                        "CUDA is available, cpu otherwise; gpu = the "
+                        "shipped checkpoint's (10,000 steps of the ContextUnet-128 at batch 256: about 6 minutes on "
+                        "one H100, about 22 hours on 2 CPU cores); cpu = a patch-2 channel_mult_unet, batch 64, "
+                        "Min-SNR-5, 9,000 steps (about 60 units of benchmarks/bench_p1_sampling.py in fp32: an hour "
+                        "on 2 CPU cores, about half that in bf16 where the CPU has it natively)")
     p.add_argument("--data-root", type=Path, default=Path("hw2_data/digits"),
                    help="folder holding mnistm/ and svhn/ in the course layout (data/*.png + train.csv)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/p1"),
@@ -59,12 +75,20 @@ def parse_args(argv=None):
                    help="network width: n_feat of the ContextUnet, or the channels at 28x28 of the channel_mult_unet "
                         "(None: 128 and 64 respectively)")
     p.add_argument("--channel-mult", type=channel_mult, default=(1, 2, 4),
-                   help="channel_mult_unet only: multipliers of --n-feat at 28x28, 14x14 and 7x7, comma-separated")
+                   help="channel_mult_unet only: multipliers of --n-feat, one per level (the first at the size the "
+                        "network sees, each next at half of it), comma-separated: 1 to 3 levels")
+    p.add_argument("--patch", type=positive_int, default=1,
+                   help="channel_mult_unet only: the network sees the image as PxP patches (pixel unshuffle: 3 P^2 "
+                        "channels at 28/P x 28/P) and gives eps back the same way; 2 makes a 3x3 convolution of "
+                        "the first level 4x cheaper (use --channel-mult with 2 levels: 14x14 and 7x7)")
     p.add_argument("--num-timesteps", type=positive_int, default=500, help="diffusion steps T (linear betas)")
     p.add_argument("--beta-start", type=positive_float, default=1e-4, help="first beta of the linear schedule")
     p.add_argument("--beta-end", type=positive_float, default=2e-2, help="last beta of the linear schedule (< 1)")
     p.add_argument("--p-uncond", type=probability, default=0.1,
                    help="probability of training with the null condition (for classifier-free guidance)")
+    p.add_argument("--min-snr-gamma", type=nonnegative_float, default=0.0,
+                   help="weight each image's loss by min(SNR, gamma) / SNR (Min-SNR-gamma, Hang et al. 2023: less "
+                        "weight on nearly clean timesteps, faster convergence); 0 = the plain loss")
     p.add_argument("--ema-decay", type=probability, default=0.999, help="EMA decay of the sampling weights")
     p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
                    help="sample every (data set, digit) pair equally often")
@@ -106,13 +130,28 @@ def parse_args(argv=None):
                                                                       "(default: torch's choice)")
     add_dtype_flag(p, auto="bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: about 2x faster there), "
                            "fp32 otherwise", bf16_alias=True)
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument("--recipe", default="gpu")
+    name = recipe.parse_known_args(argv)[0].recipe
+    if name == "auto":
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    p.set_defaults(**RECIPES.get(name, {}), recipe=name)  # an unknown name: the full parser says so
     unset = object()  # a flag still unset after parsing was not given: it may take a resumed checkpoint's value
     args = p.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(CONFIG_FLAGS, unset)))
+    args.recipe = name  # auto resolved
     args.given = {k for k in CONFIG_FLAGS if getattr(args, k) is not unset}
     for k in set(CONFIG_FLAGS) - args.given:
         setattr(args, k, p.get_default(k))
     if args.n_feat is None:
         args.n_feat = 128 if args.arch == "context_unet" else 64
+    if args.arch == "channel_mult_unet":
+        size = 28 // args.patch
+        if 28 % args.patch or size % 2 ** (len(args.channel_mult) - 1):
+            p.error(f"--patch {args.patch} with --channel-mult {','.join(map(str, args.channel_mult))}: 28x28 in "
+                    f"{args.patch}x{args.patch} patches is {28 / args.patch:g} wide, which must halve evenly "
+                    f"{len(args.channel_mult) - 1} time(s) (e.g. --patch 2 --channel-mult 1,2)")
+    elif args.patch != 1:
+        p.error(f"--patch {args.patch}: only the channel_mult_unet takes patches (add --arch channel_mult_unet)")
     if not args.beta_start <= args.beta_end < 1:
         p.error(f"--beta-start {args.beta_start} and --beta-end {args.beta_end}: need beta-start <= beta-end < 1")
     starts = [f for f in ("init_from", "distill_guidance", "distill_steps") if getattr(args, f) is not None]
@@ -125,13 +164,13 @@ def parse_args(argv=None):
 
 
 def channel_mult(text: str) -> tuple[int, ...]:
-    """--channel-mult '1,2,4': three positive integers, one per level (28x28, 14x14, 7x7)."""
+    """--channel-mult '1,2,4': one to three positive integers, one per level (e.g. 28x28, 14x14, 7x7)."""
     try:
         mult = tuple(int(m) for m in text.split(","))
     except ValueError:
         mult = ()
-    if len(mult) != 3 or min(mult) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: need three positive integers, e.g. 1,2,4")
+    if not 1 <= len(mult) <= 3 or min(mult) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need one to three positive integers, e.g. 1,2,4")
     return mult
 
 
@@ -157,6 +196,7 @@ def check_resumed_flags(args, config: dict, last: Path) -> None:
     model, schedule = config["model"], config["schedule"]
     saved = {"arch": model.get("arch", "context_unet"), "n_feat": model.get("n_feat"),
              "channel_mult": tuple(model["channel_mult"]) if "channel_mult" in model else None,
+             "patch": model.get("patch", 1) if "channel_mult" in model else None,
              "num_timesteps": schedule.get("num_steps"), "beta_start": schedule.get("beta_start"),
              "beta_end": schedule.get("beta_end"), "p_uncond": config.get("p_uncond")}
     differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved[k]})" for k in CONFIG_FLAGS
@@ -208,6 +248,8 @@ def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, t
     model = {"in_channels": 3, "n_feat": args.n_feat, "num_digits": 10, "num_datasets": len(DATASETS)}
     if args.arch == "channel_mult_unet":
         model = {"arch": args.arch, **model, "channel_mult": list(args.channel_mult)}
+        if args.patch != 1:
+            model["patch"] = args.patch
     config = {"model": model,
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}
@@ -243,7 +285,7 @@ def train(args) -> Path:
     with accelerated(args.device, args.dtype, cuda="bf16", cpu="bf16") as (accelerator, dtype):
         about = describe(accelerator)  # collective: every process takes part
         if accelerator.is_main_process:
-            print(about, flush=True)
+            print(f"{about}; recipe {args.recipe}", flush=True)
         if args.threads:
             torch.set_num_threads(args.threads)
         seed_everything(args.seed)  # the network's initialisation: the same in every process
@@ -253,7 +295,7 @@ def train(args) -> Path:
                                  batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                                  ema_decay=args.ema_decay, balanced=args.balanced, seed=args.seed,
                                  save_every=args.save_every, keep_every=args.keep_every, log_every=args.log_every,
-                                 state=state, init=init, teacher=teacher)
+                                 min_snr_gamma=args.min_snr_gamma or None, state=state, init=init, teacher=teacher)
 
 
 @cli(PROG)

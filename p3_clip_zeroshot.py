@@ -1,9 +1,9 @@
 """P3: CLIP zero-shot classification of `VAL_DIR/{class_id}_{image_id}.png` over the classes of ID2LABEL_JSON.
 
-Writes OUT_DIR/results.json (accuracy, top-5 accuracy, per-class accuracy, successes and failures),
-OUT_DIR/predictions.csv (one row per image) and OUT_DIR/cases.png. Fully offline: the weights must be
-a local file or an open_clip pretrained tag already in the local cache; a missing file is reported
-with where to put it.
+Writes OUT_DIR/results.json (accuracy, top-5 accuracy, per-class accuracy, the most confused pairs, successes
+and failures, and the accuracy with one prompt against a prompt ensemble), OUT_DIR/predictions.csv (one row
+per image) and OUT_DIR/cases.png. Fully offline: the weights must be a local file or an open_clip pretrained
+tag already in the local cache; a missing file is reported with where to put it.
 """
 import argparse
 import csv
@@ -13,7 +13,17 @@ from pathlib import Path
 import torch
 
 from models.clip_weights import MissingWeightsError, resolve_weights
-from models.clip_zeroshot import DEFAULT_TEMPLATES, classify, load_clip, read_templates, resolve_model, text_embeddings
+from models.clip_zeroshot import (
+    CIFAR100_TEMPLATES,
+    DEFAULT_TEMPLATES,
+    class_logits,
+    confused_pairs,
+    encode_images,
+    load_clip,
+    read_templates,
+    resolve_model,
+    text_embeddings,
+)
 from utils.cli import check_writable_dir, missing_paths, nonnegative_int, positive_int, skip_missing, write_json
 from utils.clip_data import ValImage, cases_figure, label_words, list_val_images, read_id2label
 from utils.errors import UserError, cli
@@ -33,7 +43,10 @@ def parse_args(argv=None):
                    help="local weights file, or an open_clip pretrained tag already in the local cache")
     p.add_argument("--templates", type=Path, default=None,
                    help=f"file of prompt templates, one per line with {{}} for the label, averaged "
-                        f"(prompt ensembling); default: the single template {DEFAULT_TEMPLATES[0]!r}")
+                        f"(prompt ensembling): the predictions are then this ensemble's, and results.json's "
+                        f"'prompting' compares it with the single template; default: predictions with the single "
+                        f"template {DEFAULT_TEMPLATES[0]!r}, compared with CLIP's {len(CIFAR100_TEMPLATES)} "
+                        f"CIFAR-100 templates")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--num-cases", type=nonnegative_int, default=5, help="successes and failures to report and draw")
     p.add_argument("--skip-missing", action="store_true",
@@ -55,8 +68,9 @@ def missing_inputs(val_dir: Path, id2label: Path, model_name: str, pretrained: s
 
 def summarise(images: list[ValImage], probs: torch.Tensor, id2label: dict[int, str], num_cases: int,
               generator: torch.Generator) -> tuple[dict, list[dict]]:
-    """Accuracy, top-5 accuracy, per-class accuracy and `num_cases` random successes and failures
-    (`results.json`), and one row per image (`predictions.csv`). Class index i is `sorted(id2label)[i]`."""
+    """Accuracy, top-5 accuracy, per-class accuracy, the 5 most confused (true, predicted) pairs and `num_cases`
+    random successes and failures (`results.json`), and one row per image (`predictions.csv`). Class index i
+    is `sorted(id2label)[i]`."""
     class_ids = sorted(id2label)
     words = [label_words(id2label[c]) for c in class_ids]
     top_p, top_i = probs.topk(min(5, len(class_ids)), dim=-1)
@@ -81,6 +95,7 @@ def summarise(images: list[ValImage], probs: torch.Tensor, id2label: dict[int, s
     results = {"n": n, "accuracy": sum(r["correct"] for r in rows) / n,
                "top5_accuracy": sum(r["top5_correct"] for r in rows) / n, "n_classes": len(class_ids),
                "per_class": per_class,
+               "confused_pairs": confused_pairs([r["true_label"] for r in rows], [r["pred_label"] for r in rows]),
                "successes": pick([r for r in rows if r["correct"]]),
                "failures": pick([r for r in rows if not r["correct"]])}
     return results, rows
@@ -99,6 +114,7 @@ def main(argv=None):
     if ignored:
         print(f"ignoring {len(ignored)} non-PNG file(s) in {args.val_dir}: {', '.join(ignored[:5])}")
     templates = read_templates(args.templates) if args.templates else list(DEFAULT_TEMPLATES)
+    ensemble = templates if args.templates else list(CIFAR100_TEMPLATES)
     weights = resolve_weights(model_name, args.pretrained)
     device = pick_device(args.device)
     generator = seed_everything(args.seed)
@@ -107,11 +123,19 @@ def main(argv=None):
           f"{len(templates)} template(s), device {device}")
 
     start = time.time()
-    text = text_embeddings(model, tokenizer, [label_words(id2label[c]) for c in sorted(id2label)], templates)
-    kept, probs, skipped = classify(model, preprocess, text, images, args.batch_size)
+    words = [label_words(id2label[c]) for c in sorted(id2label)]
+    kept, features, skipped = encode_images(model, preprocess, images, args.batch_size)
     if not kept:
         raise UserError(f"{args.val_dir}: none of the {len(images)} images could be read")
-    results, rows = summarise(kept, probs, id2label, args.num_cases, generator)
+    # the same image features under two text classifiers: the course's one prompt and an ensemble
+    probs = {mode: class_logits(model, features, text_embeddings(model, tokenizer, words, t)).softmax(-1)
+             for mode, t in (("single", DEFAULT_TEMPLATES), ("ensemble", ensemble))}
+    results, rows = summarise(kept, probs["ensemble" if args.templates else "single"], id2label, args.num_cases,
+                              generator)
+    true = torch.tensor([sorted(id2label).index(item.class_id) for item in kept])
+    accuracy = {mode: int((p.argmax(-1) == true).sum()) / len(kept) for mode, p in probs.items()}
+    results["prompting"] = {"single": {"template": DEFAULT_TEMPLATES[0], "accuracy": accuracy["single"]},
+                            "ensemble": {"templates": len(ensemble), "accuracy": accuracy["ensemble"]}}
     seconds = time.time() - start
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +152,8 @@ def main(argv=None):
                            (f"Failures ({len(results['failures'])} of {sum(not r['correct'] for r in rows)} wrong)",
                             [by_file[c["file"]] for c in results["failures"]])])
     figure.save(args.out_dir / CASES_PNG)
-    print(f"accuracy {results['accuracy']:.4f} (top-5 {results['top5_accuracy']:.4f}) on {results['n']} images"
+    print(f"accuracy {results['accuracy']:.4f} (top-5 {results['top5_accuracy']:.4f}) on {results['n']} images; "
+          f"one prompt {accuracy['single']:.4f}, {len(ensemble)}-prompt ensemble {accuracy['ensemble']:.4f}"
           + (f", {len(skipped)} unreadable image(s) skipped" if skipped else "")
           + f"; {len(rows) / seconds:.1f} images/s; wrote {args.out_dir}/results.json, predictions.csv, cases.png")
     return results

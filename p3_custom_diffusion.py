@@ -4,7 +4,9 @@
            fine-tune attn2.to_k / to_v and the tokens' embeddings, all concepts jointly, with prior preservation
   merge    WEIGHTS_DIR [WEIGHTS_DIR ...] MODEL --out-dir DIR   closed-form merge of separately trained concepts
   generate INPUT_JSON OUT_DIR MODEL --weights DIR   OUT_DIR/{concept id}/{prompt index}/0.png ... 24.png
-  figure   MODEL OUT_PNG --tokens '<new1>' '<new3>'   textual inversion vs Custom Diffusion (joint, merged)
+  figure   MODEL OUT_PNG --tokens '<new1>' '<new3>' [--concept-dirs DIR DIR --clip CLIP_DIR]
+           textual inversion vs Custom Diffusion (joint, merged); with the reference photos and a CLIP, also
+           their image and text alignment in OUT_PNG's .json
 
 MODEL is a diffusers folder or the original single-file checkpoint (sd-v1-4.ckpt); nothing is downloaded.
 Training runs in one process, or on several GPUs with `accelerate launch p3_custom_diffusion.py train ...`.
@@ -62,6 +64,7 @@ from utils.cli import (
     check_apart,
     check_replaceable,
     check_writable_dir,
+    missing_paths,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -70,11 +73,11 @@ from utils.cli import (
     staged_file,
     write_json,
 )
-from utils.clip_score import generated_file
+from utils.clip_score import ClipScorer, alignment, generated_file, with_class_words
 from utils.errors import UserError, cli
-from utils.images import labelled_grid
+from utils.images import labelled_grid, load_rgb
 from utils.outputs import TRAIN_LOG_JSONL
-from utils.runtime import seed_everything
+from utils.runtime import pick_device, seed_everything
 from p3_sd_cli import (
     common_flags,
     missing,
@@ -156,7 +159,9 @@ def parse_args(argv=None):
     g.add_argument("--weights", type=Path, default=RUNS / "joint", help="folder written by `train` or `merge`")
 
     f = sub.add_parser("figure", parents=[common, sampling], formatter_class=fmt,
-                       help="textual inversion, Custom Diffusion joint and merged on two-concept prompts")
+                       help="textual inversion, Custom Diffusion joint and merged on two-concept prompts",
+                       description="With --skip-missing a method whose inputs are missing is left out (the "
+                                   "figure is skipped only when the model or every method is missing).")
     f.add_argument("model", **model)
     f.add_argument("out_png", type=Path, help="figure to write")
     f.add_argument("--tokens", nargs=2, required=True, metavar="TOKEN", type=token_arg, help="e.g. '<new1>' '<new3>'")
@@ -167,6 +172,12 @@ def parse_args(argv=None):
     f.add_argument("--template", type=template_arg, default="a {} next to a {}", help="prompt with exactly two '{}'")
     f.add_argument("--num", type=positive_int, default=4, help="samples per prompt")
     f.add_argument("--tile", type=positive_int, default=256, help="tile side in the figure")
+    f.add_argument("--concept-dirs", type=Path, nargs=2, metavar="DIR", default=None,
+                   help="reference photos of the two concepts, in --tokens order (hw2_data/textual_inversion/0 "
+                        "and 2); with --clip, OUT_PNG's .json gets each method's image and text alignment")
+    f.add_argument("--clip", type=Path, default=None,
+                   help="local transformers CLIP folder (clip-vit-base-patch32), the scorer of "
+                        "`p3_textual_inversion.py evaluate`")
     return p.parse_args(argv)
 
 
@@ -430,6 +441,7 @@ def generate(args):
 
 # ------------------------------------------------------------------------------------------ figure
 METHODS = ("textual inversion", "Custom Diffusion, joint", "Custom Diffusion, merged")
+METHOD_KEYS = dict(zip(METHODS, ("textual_inversion", "custom_diffusion_joint", "custom_diffusion_merged")))
 
 
 @dataclass
@@ -437,17 +449,75 @@ class FigureResult:
     png: Path
     images: dict      # {(method, prompt): [PIL image, ...]}, in the figure's row order
     labels: list[str]  # the row labels
+    scores: dict | None = None  # what OUT_PNG's .json holds; None when it is not written
+
+
+@dataclass
+class Scoring:
+    scorer: ClipScorer
+    references: dict  # {token: [PIL reference photo, ...]}
+    class_words: dict  # {token: class word}, for the text that text alignment is measured against
+
+
+def figure_scoring(args, methods: list[str], json_path: Path) -> Scoring | None:
+    """What the alignment measures need, read before any sampling; None (after a one-line note) when the flags
+    were not given, their paths are missing under --skip-missing, or no Custom Diffusion run among `methods`
+    names the tokens' class words (its config.json: the text is the prompt with the class words)."""
+    note = f"{PROG} figure: {json_path.name} not written"
+    if args.concept_dirs is None or args.clip is None:
+        print(f"{note} (it needs --concept-dirs and --clip)")
+        return None
+    absent = missing_paths({**{f"reference photos of {t}": d for t, d in zip(args.tokens, args.concept_dirs)},
+                            "CLIP model": args.clip})
+    if absent:  # only with --skip-missing: otherwise `figure` has stopped already
+        print(f"{note}, missing {'; '.join(absent)}")
+        return None
+    class_words = {}
+    for method, folder in ((METHODS[1], args.joint), (METHODS[2], args.merged)):
+        if method in methods:
+            config = read_config(folder)
+            for token, word in zip(config["tokens"], config.get("class_words", [])):
+                if token in args.tokens and class_words.setdefault(token, word) != word:
+                    raise UserError(f"--merged {folder} trains {token} as a {word}, --joint {args.joint} as a "
+                                    f"{class_words[token]}; the text alignment needs one class word per token")
+    if set(class_words) != set(args.tokens):
+        print(f"{note} (the class words of {' '.join(args.tokens)}, for the text alignment, come from the "
+              "Custom Diffusion weights' config.json, and none of those drawn names them all)")
+        return None
+    references = {}
+    for token, folder in zip(args.tokens, args.concept_dirs):
+        references[token] = [load_rgb(p) for p in image_files(folder)]
+        if not references[token]:
+            raise UserError(f"--concept-dirs {folder}: no reference images of {token}")
+    return Scoring(ClipScorer(args.clip, pick_device(args.device)), references, class_words)
 
 
 def figure(args) -> FigureResult | None:
     a, b = args.tokens
     check_tokens(args.tokens, "--tokens")
-    inputs = {"model": args.model, **{f"textual-inversion embeddings of {t}": embeds_path(args.ti_embeds, t)
-                                      for t in args.tokens},
-              "jointly trained weights": args.joint / "config.json", "merged weights": args.merged / "config.json"}
+    needs = {METHODS[0]: {f"textual-inversion embeddings of {t}": embeds_path(args.ti_embeds, t) for t in args.tokens},
+             METHODS[1]: {"jointly trained weights": args.joint / "config.json"},
+             METHODS[2]: {"merged weights": args.merged / "config.json"}}
+    inputs = {"model": args.model}
+    if not args.skip_missing:  # then every input is required, the flags' too
+        inputs.update({k: v for paths in needs.values() for k, v in paths.items()})
+        inputs.update({f"reference photos of {t}": d for t, d in zip(args.tokens, args.concept_dirs or [])})
+        inputs["CLIP model"] = args.clip
     if missing(PROG, args, inputs, f"train them with p3_textual_inversion.py train and {PROG} train / merge"):
         return None
+    methods = []
+    for method, paths in needs.items():
+        absent = missing_paths(paths)
+        if absent:
+            print(f"{PROG} figure: leaving out {method}, missing {'; '.join(absent)}")
+        else:
+            methods.append(method)
+    if not methods:
+        print(f"{PROG} figure: skipped, missing the inputs of every method")
+        return None
     check_writable_dir(args.out_png.parent, "OUT_PNG's folder")
+    json_path = args.out_png.with_suffix(".json")
+    scoring = figure_scoring(args, methods, json_path)
     prompts = [args.template.format(a, b), args.template.format(b, a)]
     where = (args.sampler, args.device, args.dtype)
     loaders = {METHODS[0]: lambda: learned_pipeline(args.model, args.ti_embeds, list(args.tokens), *where),
@@ -455,7 +525,7 @@ def figure(args) -> FigureResult | None:
                METHODS[2]: lambda: custom_pipeline(args.model, args.merged, *where)}
     settings = sampling_of(args)
     images, rows, labels = {}, [], []
-    for method in tqdm(METHODS, desc="figure", disable=args.quiet):
+    for method in tqdm(methods, desc="figure", disable=args.quiet):
         pipe = loaders[method]()  # one pipeline at a time
         for prompt in prompts:
             images[method, prompt] = sample(pipe, prompt, args.num, settings)
@@ -468,7 +538,20 @@ def figure(args) -> FigureResult | None:
                         f"(seeds {args.seed}..{args.seed + args.num - 1})"
                   ).save(args.out_png)
     print(f"wrote {args.out_png}")
-    return FigureResult(args.out_png, images, labels)
+    scores = None
+    if scoring is not None:  # the images of the first prompt, the tokens in --tokens order
+        text = with_class_words(prompts[0], scoring.class_words)
+        scores = {"prompt": prompts[0], "concepts": list(args.tokens), "clip": str(args.clip), "text_prompt": text,
+                  "methods": {METHOD_KEYS[m]: alignment(scoring.scorer, images[m, prompts[0]], scoring.references,
+                                                        text) for m in methods}}
+        write_json(json_path, scores)
+        print(f"wrote {json_path}: " + "; ".join(
+            f"{m}: image {', '.join(f'{t} {v:.2f}' for t, v in s['image_sim'].items())}, text {s['text_sim']:.2f}"
+            for m, s in scores["methods"].items()))
+    elif json_path.is_file():  # an earlier run's measures would no longer describe the figure beside them
+        json_path.unlink()
+        print(f"removed {json_path}, which measured an earlier figure")
+    return FigureResult(args.out_png, images, labels, scores)
 
 
 @cli(PROG)

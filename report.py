@@ -11,6 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import matplotlib
@@ -20,16 +21,25 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from utils import observations
 from utils.cli import check_writable_dir, safe_name, staged_dir, staged_file
 from utils.errors import UserError, cli
+from utils.report_pdf import write_pdf
 from utils.outputs import (
     ACCURACY_JSON,
     CASES_PNG,
+    CD_COMPARISON_JSON,
+    CD_COMPARISON_PNG,
+    ETA_SWEEP_JSON,
     ETA_SWEEP_PNG,
     EVAL_JSON,
+    INTERPOLATION_JSON,
     INTERPOLATION_PNG,
+    INTERPOLATION_STATS_PNG,
     MSE_JSON,
     MULTI_CONCEPT_PNG,
+    REPORT_MD,
+    REPORT_PDF,
     RESULTS_JSON,
     RUN_INFO_JSON,
     SAMPLING_JSON,
@@ -168,12 +178,23 @@ P1_CURVE = fields(per_digit=optional(count), rows=list_of(fields(
 P2_MSE = fields(per_image=dict_of(number(0)), mean=number(0), steps=optional(number(1, integer=True)),
                 eta=optional(share), dtype=optional(text), convention=optional(text), baseline=optional(number(0)),
                 passed=optional(boolean))
+SERIES = list_of(number())
+PER_METHOD = fields(slerp=SERIES, linear=SERIES)
+ETA_SWEEP = fields(etas=list_of(share), noises=list_of(text), reference_eta=share, mad_from_eta0=list_of(SERIES),
+                   mad_between_rows=list_of(SERIES), mean_from_eta0=SERIES, mean_between_rows=SERIES)
+INTERPOLATION = fields(alphas=list_of(share), noise_rms=PER_METHOD, noise_rms_ends=number(0), contrast=PER_METHOD,
+                       saturation=PER_METHOD)
+CD_METHOD = fields(image_sim=dict_of(number()), text_sim=number(), n_images=count)
+CD_COMPARISON = fields(prompt=text, concepts=list_of(text, 2), methods=dict_of(CD_METHOD), text_prompt=optional(text))
 CLIP_CASE = fields(file=plain_name, true_label=text, pred_label=text, probability=share, true_probability=share)
 CLIP_RESULTS = fields(accuracy=share, top5_accuracy=share, n=count, n_classes=optional(count), model=optional(text),
                       pretrained=optional(text), templates=optional(list_of(text)),
                       per_class=dict_of(fields(class_id=optional(number(integer=True)), n=optional(count),
                                                accuracy=nullable(share))),
-                      successes=list_of(CLIP_CASE), failures=list_of(CLIP_CASE))
+                      successes=list_of(CLIP_CASE), failures=list_of(CLIP_CASE),
+                      prompting=optional(fields(single=fields(template=text, accuracy=share),
+                                                ensemble=fields(templates=count, accuracy=share))),
+                      confused_pairs=optional(list_of(fields(true_label=text, pred_label=text, count=count))))
 TI_SCORES = list_of(fields(concept=plain_name, prompt=count, image_score=number(), text_score=number(),
                            baseline=list_of(number(), 2), **{"pass": boolean}))
 TI_PROMPTS = dict_of(fields(prompt=optional(list_of(text))))  # the course's input.json, for the prompts' text
@@ -274,7 +295,7 @@ def thumbnail(src: Path, dst: Path, side: int = THUMB) -> Path:
     return dst
 
 
-# ---------------------------------------------------------------------------------------- markdown
+# ---------------------------------------------------------------------------------------- document
 def num(x, digits: int = 4) -> str:
     """How every number from a JSON is printed: floats with `digits` decimals, integers as they are."""
     if x is None:
@@ -286,21 +307,33 @@ def num(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else str(x)
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+class Img(NamedTuple):
+    """An image in a table cell."""
+    path: Path
+    alt: str
 
 
 class Report:
-    """Collects the markdown of the report; paths are written relative to OUTPUTS_DIR."""
+    """The report as a list of blocks, rendered to markdown (`markdown`) and to PDF (utils/report_pdf.py).
+
+    A block is a tuple: ("heading", level, text), ("text", text), ("figure", png, caption, number),
+    ("table", header, rows) with cells str or Img, ("missing", what, command). Text uses **bold** and `code`.
+    """
 
     def __init__(self, out_dir: Path, files_dir: Path, info: dict | None, cwd: Path):
         self.out, self.files, self.info, self.cwd = Path(out_dir), Path(files_dir), info or {}, cwd
-        self.lines: list[str] = []
+        self.blocks: list[tuple] = []
         self.count = 0
 
-    def add(self, *lines: str) -> None:
-        self.lines.extend(lines)
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("heading", level, text))
+
+    def text(self, *sentences: str) -> None:
+        if sentences:
+            self.blocks.append(("text", " ".join(sentences)))
+
+    def table(self, header: list[str], rows: list[list]) -> None:
+        self.blocks.append(("table", header, rows))
 
     def link(self, path: Path) -> str:
         """`path` relative to OUTPUTS_DIR, URL-quoted for a markdown link (report_files/ is written into a
@@ -327,11 +360,10 @@ class Report:
 
     def figure(self, path: Path, caption: str) -> None:
         self.count += 1
-        self.add(f"![{Path(path).stem}]({self.link(path)})", "", f"*Figure {self.count}. {caption[0].upper()}{caption[1:]}*", "")
+        self.blocks.append(("figure", Path(path), caption[0].upper() + caption[1:], self.count))
 
     def missing(self, what: str, command: str) -> None:
-        self.add(f"> **Not available yet.** {what} To make it, run:", ">", "> ```bash",
-                 *[f"> {line}" for line in command.splitlines()], "> ```", "")
+        self.blocks.append(("missing", what, command))
 
     def settings(self, section: str, keys: tuple[str, ...], recorded: dict | None = None) -> str:
         """'checkpoint X, sampler Y, ...' from run_info.json's `section`, overridden by what the program
@@ -346,29 +378,58 @@ class Report:
             return "settings not recorded in run_info.json"
         return ", ".join(parts)
 
-    def text(self) -> str:
-        return "\n".join(self.lines).rstrip() + "\n"
+    def cell(self, c) -> str:
+        return f"![{c.alt}]({self.link(c.path)})" if isinstance(c, Img) else str(c)
+
+    def markdown(self) -> str:
+        lines = []
+        for kind, *b in self.blocks:
+            if kind == "heading":
+                lines += ["#" * b[0] + " " + b[1], ""]
+            elif kind == "text":
+                lines += [b[0], ""]
+            elif kind == "figure":
+                path, caption, n = b
+                lines += [f"![{path.stem}]({self.link(path)})", "", f"*Figure {n}. {caption}*", ""]
+            elif kind == "table":
+                header, rows = b
+                lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+                lines += ["| " + " | ".join(self.cell(c) for c in row) + " |" for row in rows] + [""]
+            elif kind == "missing":
+                what, command = b
+                lines += [f"> **Not available yet.** {what} To make it, run:", ">", "> ```bash",
+                          *[f"> {line}" for line in command.splitlines()], "> ```", ""]
+        return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------------- sections
+# Headings: the assignment's questions in its order, in short (the course's wording, shortened).
+QUESTIONS = {
+    "p1_impl": "1.1 Implementation details",
+    "p1_grid": "1.2 Ten generated images of each digit, for MNIST-M and SVHN",
+    "p1_reverse": "1.3 The reverse process of the first \"0\" at t = " + REVERSE_T,
+    "p2_eta": "2.1 Faces of noise 00-03 with different eta in one grid: the observation",
+    "p2_interp": "2.2 Interpolating noise 00 to 01: slerp against linear interpolation",
+    "p3_how": "3.1 How CLIP classifies without training (zero-shot)",
+    "p3_acc": "3.2 Accuracy on the validation set, 5 successes and 5 failures",
+    "p3_two": "3.4 Two learned concepts in one prompt, and a multi-concept method",
+}
+
+
 def p1_section(r: Report, run_dir: Path | None) -> None:
     p1 = r.out / "p1"
     used = read_json(p1 / SAMPLING_JSON, P1_SAMPLING)  # what p1_ddpm_sample.py sampled with
     made = r.settings("p1", ("ckpt", "sampler", "steps", "guidance", "seed", "dtype"), used)
     sample_cmd = f"python p1_ddpm_sample.py {r.shown(p1)} --ckpt checkpoints/p1_ddpm.pt --grid --reverse-process"
-    r.add("## Problem 1: conditional DDPM on MNIST-M and SVHN", "")
+    r.heading(2, "Problem 1: conditional DDPM on MNIST-M and SVHN")
+    r.heading(3, QUESTIONS["p1_impl"])
+    implementation(r, (used or {}).get("ckpt") or (r.info.get("p1") or {}).get("ckpt"), used)
+    if run_dir is not None:
+        training_section(r, run_dir)
 
-    r.add("### Samples: 10 per digit", "")
+    r.heading(3, QUESTIONS["p1_grid"])
     r.figures([(p1 / grid_png(name), (f"{label}: rows digits 0-9, columns the first 10 samples of each digit; "
                                          f"{made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
-    r.add("### Reverse process of a \"0\"", "")
-    reverse_made = r.settings("p1", ("ckpt", "guidance", "seed", "dtype"), used)
-    r.figures([(p1 / reverse_process_png(name),
-                (f"{label}: a \"0\" through the ancestral DDPM sampler over all T steps (whatever sampler made the "
-                 f"graded images), at t = {REVERSE_T} (each column labelled with its t, scaled to the model's T); "
-                 f"{reverse_made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
-
-    r.add("### Accuracy of the graded images", "")
     scores = read_json(p1 / EVAL_JSON, P1_SCORES)
     if scores is None:
         r.missing(f"`{r.shown(p1 / EVAL_JSON)}` is missing. Put the course's MNIST-M classifier at "
@@ -381,17 +442,71 @@ def p1_section(r: Report, run_dir: Path | None) -> None:
         rows = [[DATASET_NAMES[d], f"`{judges.get(d, 'not recorded')}`", num(scores[d]["n"]),
                  num(scores[d]["accuracy"])] + [num(scores[d]["per_digit"].get(str(k))) for k in range(10)]
                 for d in datasets]
-        r.add(*table(["data set", "judge", "images", "accuracy", *[f"digit {k}" for k in range(10)]], rows))
-        r.add(f"Mean accuracy over the data sets: **{num(scores['mean'])}** (from `{r.shown(p1 / EVAL_JSON)}`, "
-              f"written by `p1_ddpm_eval.py`; images made with {made}). The true label is the file name's first "
-              "digit; MNIST-M is judged by the course's classifier, SVHN by the project's judge "
-              "(`p1_svhn_classifier_train.py`).", "")
-    if run_dir is not None:
-        training_section(r, run_dir)
+        r.table(["data set", "judge", "images", "accuracy", *[f"digit {k}" for k in range(10)]], rows)
+        r.text(f"Mean accuracy over the data sets: **{num(scores['mean'])}** (from `{r.shown(p1 / EVAL_JSON)}`, "
+               f"written by `p1_ddpm_eval.py`; images made with {made}). The true label is the file name's first "
+               "digit; MNIST-M is judged by the course's classifier, SVHN by the project's judge "
+               "(`p1_svhn_classifier_train.py`).")
+        for d in datasets:
+            worst = min(range(10), key=lambda k: (scores[d]["per_digit"].get(str(k), 1.0), k))
+            r.text(f"{DATASET_NAMES[d]}: the digit judged right least often is {worst} "
+                   f"({num(scores[d]['per_digit'].get(str(worst)))}).")
+
+    r.heading(3, QUESTIONS["p1_reverse"])
+    reverse_made = r.settings("p1", ("ckpt", "guidance", "seed", "dtype"), used)
+    r.figures([(p1 / reverse_process_png(name),
+                (f"{label}: a \"0\" through the ancestral DDPM sampler over all T steps (whatever sampler made the "
+                 f"graded images), at t = {REVERSE_T} (each column labelled with its t, scaled to the model's T); "
+                 f"{reverse_made}.")) for name, label in DATASET_NAMES.items()], sample_cmd)
+
+
+def implementation(r: Report, ckpt: str | None, used: dict | None) -> None:
+    """The network table of a P1 checkpoint, from its own config: what was trained and how it samples."""
+    if not ckpt or not Path(ckpt).is_file():
+        r.missing(f"The P1 checkpoint {'`' + ckpt + '`' if ckpt else '(not recorded)'} is not there to describe.",
+                  "bash run_all.sh    # records the checkpoint in run_info.json and p1/sampling.json")
+        return
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.p1_networks import load_p1_model
+    net, config = load_p1_model(ckpt)
+    model, schedule, training = config["model"], config["schedule"], config.get("training") or {}
+    params = sum(p.numel() for p in net.parameters())
+    zero = torch.zeros(1, dtype=torch.long)
+    w = (torch.zeros(1),) if model.get("guidance_embed") else ()  # a guidance-distilled network takes w too
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        net(torch.zeros(1, 3, 28, 28), zero, zero, zero, *w)
+    arch = model.get("arch", "context_unet")
+    shape = (f"channels {model['n_feat']} x {tuple(model['channel_mult'])}, patch {model.get('patch', 1)}"
+             if "channel_mult" in model else f"n_feat {model['n_feat']}")
+    rows = [["network", f"{arch} ({shape})"], ["parameters", f"{params:,}"],
+            ["GFLOP per image and forward", f"{flops.get_total_flops() / 1e9:.3f}"],
+            ["noise schedule", f"linear betas {schedule['beta_start']:g} to {schedule['beta_end']:g}, "
+                               f"T = {schedule['num_steps']}"],
+            ["condition", f"digit + data set ({', '.join(config.get('datasets', []))}) embeddings; dropped together "
+                          f"with probability {config.get('p_uncond', 'n/a')} for classifier-free guidance"]]
+    distilled = config.get("distillation")
+    if distilled:
+        rows.append(["distillation", f"from `{distilled.get('teacher')}`: guidance w in "
+                                     f"{distilled.get('w_range')} as an input"
+                                     + (f", {distilled['steps']} DDIM steps" if "steps" in distilled else "")])
+    if training:
+        rows.append(["training batch", f"{training.get('global_batch')} ({training.get('num_processes')} process(es))"])
+        if training.get("min_snr_gamma"):
+            rows.append(["loss weighting", f"Min-SNR-{training['min_snr_gamma']:g}"])
+    if used:
+        rows.append(["sampler", f"{used.get('sampler')}, {used.get('steps')} steps, guidance w {used.get('guidance')}"])
+    r.table(["", f"`{r.shown(Path(ckpt))}`"], rows)
+    r.text("From the checkpoint's own config (what `p1_ddpm_sample.py` builds the network from); FLOPs counted by "
+           "torch's FlopCounterMode on one 28x28 image. Training minimises the simplified DDPM objective (predicted "
+           "against true noise), with an EMA of the weights for sampling; a guided step is eps = (1 + w) "
+           "eps(x, t, c) - w eps(x, t, null)"
+           + ("; this network was trained to give that guided eps in one forward, w being an input (guidance "
+              "distillation, Meng et al. 2023)." if distilled else "."))
 
 
 def training_section(r: Report, run_dir: Path) -> None:
-    r.add("### Training curves", "")
     log = run_dir / TRAIN_LOG_JSONL
     if log.is_file():
         records = read_train_log(log)
@@ -416,8 +531,8 @@ def training_section(r: Report, run_dir: Path) -> None:
     r.figure(png, f"accuracy of {num(acc.get('per_digit'))} images per digit per data set, sampled from each kept "
                   f"checkpoint `model_STEP.pt` ({first['sampler']}, {num(first['steps'])} steps, guidance w "
                   f"{num(first['guidance'], 2)}), from `{r.shown(acc_json)}`.")
-    r.add(*table(["training step", "MNIST-M", "SVHN", "mean"],
-                 [[num(row["train_step"]), num(row["mnistm"]), num(row["svhn"]), num(row["mean"])] for row in rows]))
+    r.table(["training step", "MNIST-M", "SVHN", "mean"],
+            [[num(row["train_step"]), num(row["mnistm"]), num(row["svhn"]), num(row["mean"])] for row in rows])
 
 
 def p2_section(r: Report) -> None:
@@ -427,37 +542,58 @@ def p2_section(r: Report) -> None:
     provide = ("Put the course's `face/noise/*.pt`, `face/GT/*.png` and `face/UNet.pt` under `hw2_data/` "
                "(see hw2_data/README.md).")
     made = r.settings("p2", ("unet", "steps", "seed", "dtype"))
-    r.add("## Problem 2: DDIM with the course's face UNet", "")
+    r.heading(2, "Problem 2: DDIM with the course's face UNet")
     mse = read_json(p2 / MSE_JSON, P2_MSE)
-    r.add("### MSE against the ground truth", "")
+    r.heading(3, "DDIM against the course's ground truth (MSE)")
     if mse is None:
         r.missing(f"`{r.shown(p2 / MSE_JSON)}` is missing. {provide}", cmd)
     else:
         convention = mse.get("convention") or "not recorded by this p2_ddim.py"
-        r.add(*table(["image", "generated", "MSE (0-255 pixels)"],
-                     [[f"{name}.png", f"![{name}]({r.link(p2 / f'{name}.png')})", num(v, 3)]
-                      for name, v in mse["per_image"].items()]))
+        r.table(["image", "generated", "MSE (0-255 pixels)"],
+                [[f"{name}.png", Img(p2 / f"{name}.png", name), num(v, 3)] for name, v in mse["per_image"].items()])
         line = (f"Mean MSE: **{num(mse['mean'], 3)}** over {len(mse['per_image'])} images (DDIM, "
                 f"{num(mse.get('steps'))} steps, eta {num(mse.get('eta'), 2)}, {mse.get('dtype', 'fp32')}; "
                 f"timestep convention: {convention}; from `{r.shown(p2 / MSE_JSON)}`).")
         if isinstance(mse.get("baseline"), (int, float)):
             line += f" Baseline MSE {num(mse['baseline'], 3)}"
             line += f": **{'PASS' if mse['passed'] else 'FAIL'}**." if "passed" in mse else "."
-        r.add(line, "")
-    r.add("### Eta sweep and interpolation", "")
+        r.text(line)
+    r.heading(3, QUESTIONS["p2_eta"])
     r.figures([(p2 / ETA_SWEEP_PNG, (f"DDIM from the noises 00-03 (columns), one row per eta from 0 "
-                                      f"(deterministic, top) to 1 (bottom), each row labelled with its eta; {made}.")),
-               (p2 / INTERPOLATION_PNG, ("DDIM (eta 0) from noises interpolated between 00 (alpha 0) and 01 "
+                                      f"(deterministic, top) to 1 (bottom), each row labelled with its eta; {made}."))],
+              cmd, f" {provide}")
+    sweep = read_json(p2 / ETA_SWEEP_JSON, ETA_SWEEP)
+    if sweep is not None:
+        r.text(*observations.eta_sentences(sweep), f"(Measured by p2_ddim.py: `{r.shown(p2 / ETA_SWEEP_JSON)}`.)")
+    r.heading(3, QUESTIONS["p2_interp"])
+    r.figures([(p2 / INTERPOLATION_PNG, ("DDIM (eta 0) from noises interpolated between 00 (alpha 0) and 01 "
                                           "(alpha 1), each column labelled with its alpha: spherical (slerp, top row) "
                                           f"against linear (lerp, bottom row); {made}."))], cmd, f" {provide}")
+    interp = read_json(p2 / INTERPOLATION_JSON, INTERPOLATION)
+    if interp is not None:
+        if (p2 / INTERPOLATION_STATS_PNG).is_file():
+            r.figure(p2 / INTERPOLATION_STATS_PNG, "the interpolated noise's RMS and the faces' contrast and "
+                                                   "saturation against alpha, slerp and linear, as measured by "
+                                                   "p2_ddim.py.")
+        r.text(*observations.interpolation_sentences(interp),
+               f"(Measured by p2_ddim.py: `{r.shown(p2 / INTERPOLATION_JSON)}`.)")
 
 
 def p3_clip_section(r: Report) -> None:
     folder = r.out / "p3_clip"
     info = r.info.get("p3_clip") or {}
     val_dir = Path(info.get("val_dir", "hw2_data/clip_zeroshot/val"))
-    r.add("## Problem 3: CLIP zero-shot classification", "")
+    r.heading(2, "Problem 3: CLIP zero-shot classification")
     results = read_json(folder / RESULTS_JSON, CLIP_RESULTS)
+    r.heading(3, QUESTIONS["p3_how"])
+    templates = (results or {}).get("templates") or ["A photo of {object}."]
+    r.text("CLIP trains an image encoder and a text encoder together so that an image and its caption have a high "
+           "cosine similarity and mismatched pairs a low one (a contrastive loss over a batch of pairs). To classify "
+           "without training, each class name is put into a prompt "
+           f"({', '.join(f'`{t}`' for t in templates)}), the prompts are encoded once, and an image is given the "
+           "class whose prompt embedding is most similar to its own embedding; a softmax over the similarities "
+           "(times CLIP's learned temperature) gives the probabilities shown below.")
+    r.heading(3, QUESTIONS["p3_acc"])
     if results is None:
         r.missing(f"`{r.shown(folder / RESULTS_JSON)}` is missing. Put the validation images in "
                   "`hw2_data/clip_zeroshot/val/`, `id2label.json` beside them and the ViT-B-32 weights where "
@@ -465,28 +601,27 @@ def p3_clip_section(r: Report) -> None:
                   f"python p3_clip_zeroshot.py hw2_data/clip_zeroshot/val hw2_data/clip_zeroshot/id2label.json "
                   f"{r.shown(folder)} --model ViT-B-32 --pretrained openai")
         return
-    templates = results.get("templates") or []
-    r.add(f"Accuracy **{num(results['accuracy'])}**, top-5 accuracy **{num(results['top5_accuracy'])}** on "
-          f"{num(results['n'])} images of {num(results.get('n_classes'))} classes (model "
-          f"`{results.get('model', '?')}`, weights `{results.get('pretrained', '?')}`, "
-          f"{len(templates)} prompt template(s): {', '.join(f'`{t}`' for t in templates)}; from "
-          f"`{r.shown(folder / RESULTS_JSON)}`).", "")
+    r.text(f"Accuracy **{num(results['accuracy'])}**, top-5 accuracy **{num(results['top5_accuracy'])}** on "
+           f"{num(results['n'])} images of {num(results.get('n_classes'))} classes (model "
+           f"`{results.get('model', '?')}`, weights `{results.get('pretrained', '?')}`, "
+           f"{len(templates)} prompt template(s); from `{r.shown(folder / RESULTS_JSON)}`).",
+           *observations.clip_sentences(results))
     scored = [(c["accuracy"], name, c) for name, c in results["per_class"].items() if c.get("accuracy") is not None]
     worst = sorted(scored, key=lambda item: (item[0], item[1]))[:5]
-    r.add("The 5 classes with the lowest accuracy:", "")
-    r.add(*table(["class", "id", "images", "accuracy"],
-                 [[name, num(c.get("class_id")), num(c.get("n")), num(acc)] for acc, name, c in worst]))
+    r.text("The 5 classes with the lowest accuracy:")
+    r.table(["class", "id", "images", "accuracy"],
+            [[name, num(c.get("class_id")), num(c.get("n")), num(acc)] for acc, name, c in worst])
     for title, cases in (("Successes", results["successes"]), ("Failures", results["failures"])):
-        r.add(f"{title} (chosen at random):", "")
+        r.text(f"{title} (chosen at random):")
         rows = []
         for c in cases:
             src = val_dir / c["file"]
             image = f"`{r.shown(src)}` (not found)"
             if src.is_file():
-                image = f"![{c['file']}]({r.link(thumbnail(src, r.files / 'clip_cases' / c['file']))})"
+                image = Img(thumbnail(src, r.files / "clip_cases" / c["file"]), c["file"])
             rows.append([image, c["file"], c["true_label"], c["pred_label"], num(c["probability"]),
                          num(c["true_probability"])])
-        r.add(*table(["image", "file", "true label", "predicted", "p(predicted)", "p(true)"], rows))
+        r.table(["image", "file", "true label", "predicted", "p(predicted)", "p(true)"], rows)
     if (folder / CASES_PNG).is_file():
         r.figure(folder / CASES_PNG, "the same successes and failures as drawn by p3_clip_zeroshot.py.")
 
@@ -495,7 +630,8 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
     info = r.info.get("p3_ti") or {}
     scores_json, images = r.out / TI_SCORES_JSON, r.out / "p3_ti"
     made = r.settings("p3_ti", ("model", "embeds_dir", "sampler", "steps", "guidance", "seed"))
-    r.add("## Problem 3: textual inversion on Stable Diffusion v1", "")
+    r.heading(2, "Problem 3: textual inversion on Stable Diffusion v1")
+    r.heading(3, "3.3 The learned concepts against the course's CLIP baselines")
     scores = read_json(scores_json, TI_SCORES)
     if scores is None:
         r.missing(f"`{r.shown(scores_json)}` is missing. Put `sd-v1-4.ckpt`, `clip-vit-base-patch32/` and "
@@ -511,21 +647,15 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
         for s in scores:
             cid, i = str(s["concept"]), s["prompt"]
             first = images / cid / str(i) / "0.png"
-            shown = "not found"
-            if first.is_file():
-                shown = f"![{cid}/{i}]({r.link(thumbnail(first, r.files / 'ti' / f'{cid}_{i}.png', 128))})"
+            shown = Img(thumbnail(first, r.files / "ti" / f"{cid}_{i}.png", 128), f"{cid}/{i}") \
+                if first.is_file() else "not found"
             rows.append([cid, num(i), f"`{prompts[cid, i]}`" if (cid, i) in prompts else "?", shown,
                          num(s["image_score"], 2), num(s["text_score"], 2),
                          f"{num(s['baseline'][0], 2)} / {num(s['baseline'][1], 2)}", "PASS" if s["pass"] else "FAIL"])
-        r.add(*table(["concept", "prompt", "text", "first image", "image score", "text score",
-                      "baseline (image / text)", "result"], rows))
-        r.add(f"{sum(s['pass'] for s in scores)} of {len(scores)} prompts pass their baseline (the course's CLIP "
-              f"scores, from `{r.shown(scores_json)}`; images made with {made}).", "")
-    multi = r.out / MULTI_CONCEPT_PNG
-    r.figures([(multi, ("two learned concepts in one prompt, both orders (`a <new1> next to a <new3>` and the "
-                       f"reverse); {made}."))],
-              f"python p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt {r.shown(multi)} --tokens '<new1>' '<new3>'",
-              " It needs the SD model and the learned embeddings.")
+        r.table(["concept", "prompt", "text", "first image", "image score", "text score",
+                 "baseline (image / text)", "result"], rows)
+        r.text(f"{sum(s['pass'] for s in scores)} of {len(scores)} prompts pass their baseline (the course's CLIP "
+               f"scores, from `{r.shown(scores_json)}`; images made with {made}).")
     if ti_run_dir is not None:
         for log in sorted(Path(ti_run_dir).glob(f"*/{TRAIN_LOG_JSONL}")):
             token = log.parent.name
@@ -533,6 +663,29 @@ def p3_ti_section(r: Report, ti_run_dir: Path | None) -> None:
                                 f"textual inversion <{token}>")  # a title, not markdown
             r.figure(png, f"textual-inversion training of `<{token}>`: loss and learning rate against step, from "
                           f"`{r.shown(log)}`.")
+    r.heading(3, QUESTIONS["p3_two"])
+    multi = r.out / MULTI_CONCEPT_PNG
+    r.figures([(multi, ("two learned concepts in one prompt, both orders (`a <new1> next to a <new3>` and the "
+                       f"reverse), textual inversion; {made}."))],
+              f"python p3_textual_inversion.py figure hw2_data/sd-v1-4.ckpt {r.shown(multi)} --tokens '<new1>' '<new3>'",
+              " It needs the SD model and the learned embeddings.")
+    r.text("The multi-concept method surveyed: Custom Diffusion (Kumari et al. 2023) fine-tunes only the key and value "
+           "projections of the UNet's cross-attention (about 3% of its weights) together with a new token per "
+           "concept, with regularisation images of each concept's class against language drift; two concepts are "
+           "learnt jointly, or separately and then merged in closed form (the merged projection reproduces each "
+           "concept's keys and values for its own captions). Below, textual inversion against both variants on the "
+           "same prompt.")
+    comparison = r.out / CD_COMPARISON_PNG
+    r.figures([(comparison, "the same two-concept prompt by textual inversion, Custom Diffusion trained jointly and "
+                            "Custom Diffusion merged (p3_custom_diffusion.py figure).")],
+              f"python p3_custom_diffusion.py figure hw2_data/sd-v1-4.ckpt {r.shown(comparison)} --tokens '<new1>' "
+              "'<new3>' ...    # see docs/p3_custom_diffusion.md", " It needs the SD model and the trained concepts.")
+    data = read_json(r.out / CD_COMPARISON_JSON, CD_COMPARISON)
+    if data is not None:
+        r.text(*observations.two_concept_sentences(data),
+               f"(The Custom Diffusion paper's measures, with the course's CLIP scorer: image similarity to each "
+               f"concept's photos and text similarity to \"{data.get('text_prompt') or data['prompt']}\", the "
+               f"prompt with each token replaced by its class word; from `{r.shown(r.out / CD_COMPARISON_JSON)}`.)")
 
 
 def _ti_prompts(input_json: Path) -> dict:
@@ -544,8 +697,8 @@ def _ti_prompts(input_json: Path) -> dict:
 
 
 def p3_cd_section(r: Report) -> None:
-    r.add("## Problem 3: Custom Diffusion", "")
-    folders = sorted(p for p in r.out.glob("p3_cd*"))
+    r.heading(2, "Problem 3: Custom Diffusion")
+    folders = sorted(p for p in r.out.glob("p3_cd*") if p.name not in (CD_COMPARISON_PNG, CD_COMPARISON_JSON))
     if not folders:
         r.missing(f"No `{r.shown(r.out / 'p3_cd*')}` output yet.",
                   "python p3_custom_diffusion.py --help    # see its docs for the commands")
@@ -554,32 +707,33 @@ def p3_cd_section(r: Report) -> None:
         files = sorted(folder.rglob("*")) if folder.is_dir() else [folder]
         jsons = [f for f in files if f.suffix == ".json"]
         if jsons:
-            r.add("Results and settings written by p3_custom_diffusion.py: "
-                  + ", ".join(f"[`{r.shown(f)}`]({r.link(f)})" for f in jsons) + ".", "")
+            r.text("Results and settings written by p3_custom_diffusion.py: "
+                   + ", ".join(f"[`{r.shown(f)}`]({r.link(f)})" for f in jsons) + ".")
         for png in (f for f in files if f.suffix == ".png"):
             r.figure(png, f"`{r.shown(png)}`, written by p3_custom_diffusion.py (settings in the JSON above).")
 
 
 def build(out_dir: Path, files_dir: Path, run_dir: Path | None = None, ti_run_dir: Path | None = None,
-          cwd: Path | None = None) -> str:
-    """The markdown of OUTPUTS_DIR/report.md; curves and thumbnails are written to `files_dir`."""
+          cwd: Path | None = None) -> Report:
+    """The report of OUTPUTS_DIR; curves and thumbnails are written to `files_dir`."""
     info_path = out_dir / RUN_INFO_JSON
     info = read_json(info_path, RUN_INFO)
     r = Report(out_dir, files_dir, info, cwd or Path.cwd())
-    r.add("# DLCV HW2 report", "",
-          f"Assembled by `report.py` from the outputs in `{r.shown(out_dir)}`: every number below is read from "
-          "the JSON file named beside it, every figure is a file the programs wrote. "
-          + (f"Sampling settings from `{r.shown(info_path)}` (written by run_all.sh"
-             + (", with --train: the models were trained in this run)" if info and info.get("trained") else ")")
-             + f", and for P1 from `p1/{SAMPLING_JSON}` (written by p1_ddpm_sample.py)."
-             if info else f"`{r.shown(info_path)}` is missing, so captions give only what the outputs' JSON "
-                          "records (bash run_all.sh writes it)."), "")
+    r.heading(1, "DLCV HW2 report")
+    r.text(f"Assembled by `report.py` from the outputs in `{r.shown(out_dir)}`: every number below is read from "
+           "the JSON file named beside it, every figure is a file the programs wrote, and every observation is a "
+           "sentence made from those numbers (edit from there). "
+           + (f"Sampling settings from `{r.shown(info_path)}` (written by run_all.sh"
+              + (", with --train: the models were trained in this run)" if info and info.get("trained") else ")")
+              + f", and for P1 from `p1/{SAMPLING_JSON}` (written by p1_ddpm_sample.py)."
+              if info else f"`{r.shown(info_path)}` is missing, so captions give only what the outputs' JSON "
+                           "records (bash run_all.sh writes it)."))
     p1_section(r, run_dir)
     p2_section(r)
     p3_clip_section(r)
     p3_ti_section(r, ti_run_dir)
     p3_cd_section(r)
-    return r.text()
+    return r
 
 
 # ------------------------------------------------------------------------------------- command line
@@ -602,12 +756,14 @@ def main(argv=None):
     check_writable_dir(args.out_dir)
     if args.run_dir is not None and not args.run_dir.is_dir():
         raise UserError(f"--run-dir {args.run_dir}: folder not found")
+    report, pdf = args.out_dir / REPORT_MD, args.out_dir / REPORT_PDF
     with staged_dir(args.out_dir / FILES) as files:
-        text = build(args.out_dir, files, run_dir=args.run_dir, ti_run_dir=args.ti_run_dir)
-    report = args.out_dir / "report.md"
+        r = build(args.out_dir, files, run_dir=args.run_dir, ti_run_dir=args.ti_run_dir)
+        with staged_file(pdf) as tmp:  # drawn while the staged report_files/ it embeds still exist
+            write_pdf(r.blocks, tmp, "DLCV HW2 report", r.cell)
     with staged_file(report) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    print(f"report: {report}")
+        tmp.write_text(r.markdown(), encoding="utf-8")
+    print(f"report: {report} and {pdf}")
     return report
 
 

@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
 # Set up .venv, run every problem and write the report OUTPUTS/report.md (default outputs/).
 #   bash run_all.sh           shipped weights: nothing is retrained
-#   bash run_all.sh --train   retrain the P1 model and the SVHN judge from hw2_data/digits (and the
-#                             textual-inversion embeddings when the SD model is present) in a run
-#                             folder, then sample, score and report with that run's training curves
+#   bash run_all.sh --train   retrain the P1 model (the GPU recipe on a GPU, the CPU recipe otherwise) and
+#                             the SVHN judge from hw2_data/digits in a run folder, then sample, score and
+#                             report with that run's training curves
+#   --train-sd                also train the Stable Diffusion concepts (textual inversion, Custom
+#                             Diffusion) on a machine without a GPU, where they take days; with a GPU
+#                             they are trained whenever the SD model is present
+# It first says what it will run and skip, on which device, and about how long each step takes here.
 # P1 is the main job; the others run when their inputs are present (see hw2_data/README.md) and
 # otherwise say what is missing and go on. Environment variables (docs/report.md): HW2_SKIP_SETUP=1,
 # PYTHON, HW2_DATA, HW2_OUT, HW2_RUN, HW2_TRAIN_STEPS, HW2_KEEP_EVERY, HW2_P1_TRAIN_FLAGS,
-# HW2_JUDGE_FLAGS, HW2_PER_DIGIT, HW2_CURVE_PER_DIGIT, HW2_MNISTM_CLASSIFIER, HW2_TI_STEPS, HW2_CD_RUN.
+# HW2_JUDGE_FLAGS, HW2_PLAN_FORWARDS, HW2_PER_DIGIT, HW2_CURVE_PER_DIGIT, HW2_MNISTM_CLASSIFIER, HW2_TI_STEPS, HW2_CD_RUN.
 set -euo pipefail
 cd "$(dirname "$0")"
-case "${1:-}" in
-    "") TRAIN=0 ;;
-    --train) TRAIN=1 ;;
-    *) echo "usage: bash run_all.sh [--train]" >&2; exit 2 ;;
-esac
+TRAIN=0 TRAIN_SD=0
+for arg in "$@"; do
+    case "$arg" in
+        --train) TRAIN=1 ;;
+        --train-sd) TRAIN_SD=1 ;;
+        *) echo "usage: bash run_all.sh [--train] [--train-sd]" >&2; exit 2 ;;
+    esac
+done
 [ "${HW2_SKIP_SETUP:-0}" = 1 ] || bash setup.sh
 PY=${PYTHON:-.venv/bin/python}
 DATA=${HW2_DATA:-hw2_data}
+# what runs, what is skipped and why, the device, and the time each step takes here
+PLAN=(--data "$DATA" --unit-forwards "${HW2_PLAN_FORWARDS:-250}")
+[ "$TRAIN" = 1 ] && PLAN+=(--train)
+[ "$TRAIN_SD" = 1 ] && PLAN+=(--train-sd)
+$PY run_plan.py "${PLAN[@]}"
+GPU=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 OUT=${HW2_OUT:-outputs}
 RUN=${HW2_RUN:-runs/train}
 MNISTM_JUDGE=${HW2_MNISTM_CLASSIFIER:-Classifier.pth}
@@ -35,8 +48,9 @@ if [ "$TRAIN" = 1 ]; then
     # P1 model (continues RUN/p1 if it holds a run), its kept checkpoints scored for the accuracy curve,
     # and the SVHN judge
     # shellcheck disable=SC2086  # the *_FLAGS variables are lists of extra flags
-    $PY p1_ddpm_train.py --data-root "$DATA/digits" --out-dir "$RUN/p1" --steps "${HW2_TRAIN_STEPS:-10000}" \
-        --keep-every "${HW2_KEEP_EVERY:-2000}" --resume ${HW2_P1_TRAIN_FLAGS:-}
+    # --recipe auto: the GPU recipe where CUDA is available, the CPU recipe otherwise (HW2_TRAIN_STEPS: fewer steps)
+    $PY p1_ddpm_train.py --data-root "$DATA/digits" --out-dir "$RUN/p1" --recipe auto \
+        ${HW2_TRAIN_STEPS:+--steps "$HW2_TRAIN_STEPS"} --keep-every "${HW2_KEEP_EVERY:-2500}" --resume ${HW2_P1_TRAIN_FLAGS:-}
     # shellcheck disable=SC2086
     $PY p1_svhn_classifier_train.py --data-root "$DATA/digits" --out "$SVHN_JUDGE" ${HW2_JUDGE_FLAGS:-}
     if [ -f "$MNISTM_JUDGE" ]; then  # the accuracy curve needs the course's MNIST-M classifier
@@ -86,14 +100,17 @@ else
     # a token trained to its steps is not trained again), the graded images, their CLIP scores and the
     # two-concept figure
     TI_TRAIN=(--embeds-dir "$TI_EMBEDS" --run-dir "$TI_RUN" --steps "${HW2_TI_STEPS:-3000}" --resume --skip-missing)
+    SD_TRAIN=$([ "$GPU" = 1 ] || [ "$TRAIN_SD" = 1 ] && echo 1 || echo 0)  # days on a CPU: only when asked
     TI_SAMPLE=(--embeds-dir "$TI_EMBEDS" --sampler "$TI_SAMPLER" --steps "$TI_STEPS" --guidance "$TI_GUIDANCE"
                --seed "$TI_SEED" --skip-missing)
-    $PY p3_textual_inversion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --token '<new1>' \
-        --initializer dog "${TI_TRAIN[@]}"
-    $PY p3_textual_inversion.py train "$DATA/textual_inversion/1" "$DATA/sd-v1-4.ckpt" --token '<new2>' \
-        --initializer illustration --style "${TI_TRAIN[@]}"
-    $PY p3_textual_inversion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --token '<new3>' \
-        --initializer cat "${TI_TRAIN[@]}"
+    if [ "$SD_TRAIN" = 1 ]; then
+        $PY p3_textual_inversion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --token '<new1>' \
+            --initializer dog "${TI_TRAIN[@]}"
+        $PY p3_textual_inversion.py train "$DATA/textual_inversion/1" "$DATA/sd-v1-4.ckpt" --token '<new2>' \
+            --initializer illustration --style "${TI_TRAIN[@]}"
+        $PY p3_textual_inversion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --token '<new3>' \
+            --initializer cat "${TI_TRAIN[@]}"
+    fi
     $PY p3_textual_inversion.py generate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" "$DATA/sd-v1-4.ckpt" \
         "${TI_SAMPLE[@]}"
     $PY p3_textual_inversion.py evaluate "$DATA/textual_inversion/input.json" "$OUT/p3_ti" \
@@ -106,19 +123,26 @@ else
     # P3: Custom Diffusion on SD v1 (needs hw2_data/sd-v1-4.ckpt): <new1> and <new3> jointly (resumable), the
     # same two apart and merged, the two-concept comparison with textual inversion
     CD_RUN=${HW2_CD_RUN:-runs/p3_custom_diffusion}
-    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" \
-        --tokens '<new1>' '<new3>' --class-words dog cat --out-dir "$CD_RUN/joint" --resume --skip-missing
-    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --tokens '<new1>' \
-        --class-words dog --out-dir "$CD_RUN/new1" --resume --skip-missing
-    $PY p3_custom_diffusion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --tokens '<new3>' \
-        --class-words cat --out-dir "$CD_RUN/new3" --resume --skip-missing
-    $PY p3_custom_diffusion.py merge "$CD_RUN/new1" "$CD_RUN/new3" "$DATA/sd-v1-4.ckpt" \
-        --out-dir "$CD_RUN/merged" --skip-missing
+    if [ "$SD_TRAIN" = 1 ]; then
+        $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" \
+            "$DATA/sd-v1-4.ckpt" --tokens '<new1>' '<new3>' --class-words dog cat --out-dir "$CD_RUN/joint" \
+            --resume --skip-missing
+        $PY p3_custom_diffusion.py train "$DATA/textual_inversion/0" "$DATA/sd-v1-4.ckpt" --tokens '<new1>' \
+            --class-words dog --out-dir "$CD_RUN/new1" --resume --skip-missing
+        $PY p3_custom_diffusion.py train "$DATA/textual_inversion/2" "$DATA/sd-v1-4.ckpt" --tokens '<new3>' \
+            --class-words cat --out-dir "$CD_RUN/new3" --resume --skip-missing
+        $PY p3_custom_diffusion.py merge "$CD_RUN/new1" "$CD_RUN/new3" "$DATA/sd-v1-4.ckpt" \
+            --out-dir "$CD_RUN/merged" --skip-missing
+    fi
+    # the two-concept comparison and its CLIP measures (image similarity to each concept's photos, text similarity)
     $PY p3_custom_diffusion.py figure "$DATA/sd-v1-4.ckpt" "$OUT/p3_cd_comparison.png" --tokens '<new1>' '<new3>' \
-        --ti-embeds "$TI_EMBEDS" --joint "$CD_RUN/joint" --merged "$CD_RUN/merged" --skip-missing
+        --ti-embeds "$TI_EMBEDS" --joint "$CD_RUN/joint" --merged "$CD_RUN/merged" \
+        --concept-dirs "$DATA/textual_inversion/0" "$DATA/textual_inversion/2" --clip "$DATA/clip-vit-base-patch32" \
+        --skip-missing
 fi
 
-# The report: every figure and number above in OUT/report.md (with --train, the run's training curves)
+# The report: every figure and number above in OUT/report.md and OUT/report.pdf (with --train, the run's
+# training curves)
 if [ "$TRAIN" = 1 ]; then
     $PY report.py "$OUT" --run-dir "$RUN/p1" --ti-run-dir "$TI_RUN"
 else

@@ -70,34 +70,37 @@ class ChannelMultUnet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, n_feat: int = 64, channel_mult: tuple[int, ...] = (1, 2, 4),
-                 num_digits: int = 10, num_datasets: int = 2, guidance_embed: bool = False):
+                 num_digits: int = 10, num_datasets: int = 2, guidance_embed: bool = False, patch: int = 1,
+                 image_size: int = 28):
         super().__init__()
-        if len(channel_mult) != 3:
-            raise ValueError(f"channel_mult needs one multiplier per level (28, 14, 7), got {channel_mult}")
+        levels, size = len(channel_mult), image_size // patch
+        if patch < 1 or image_size % patch or levels < 1 or size % 2 ** (levels - 1):
+            raise ValueError(f"patch {patch} and channel_mult {channel_mult}: the {image_size}x{image_size} image "
+                             f"split into {patch}x{patch} patches must halve evenly {levels - 1} time(s)")
         self.null_digit, self.null_dataset = num_digits, num_datasets
-        self.n_feat, self.channel_mult = n_feat, tuple(channel_mult)
+        self.n_feat, self.channel_mult, self.patch = n_feat, tuple(channel_mult), patch
         ch = [n_feat * m for m in channel_mult]
         emb = 4 * n_feat
         self.time_mlp = nn.Sequential(nn.Linear(n_feat, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.digit_emb = nn.Embedding(num_digits + 1, emb)
         self.dataset_emb = nn.Embedding(num_datasets + 1, emb)
         self.w_emb = GuidanceEmbedding(n_feat, emb) if guidance_embed else None
-        self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch ** 2, ch[0], 3, padding=1)
         self.down = nn.ModuleList([ResBlock(c_in, c, emb) for c_in, c in zip([ch[0]] + ch[:-1], ch)])
         self.mid, self.mid_attn = ResBlock(ch[-1], ch[-1], emb), Attention(ch[-1])
         c_up = [ch[-1]] + ch[::-1][:-1]  # what arrives at each up level, deepest first
         self.up = nn.ModuleList([ResBlock(c_prev + c, c, emb) for c_prev, c in zip(c_up, ch[::-1])])
         self.up_attn = Attention(ch[-1])
-        self.out = nn.Sequential(_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], in_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], in_channels * patch ** 2, 3, padding=1))
 
     def encode(self, x, t) -> tuple[torch.Tensor, ...]:
         """The time embedding, each level's map of the down path and the middle (what the condition does not reach)."""
         temb = self.time_mlp(timestep_embedding(t, self.n_feat))
-        h, skips = self.conv_in(x), []
+        h, skips = self.conv_in(F.pixel_unshuffle(x, self.patch)), []
         for i, block in enumerate(self.down):
             h = block(h if i == 0 else F.avg_pool2d(h, 2), temb)
-            skips.append(h)                          # (B, ch[i], 28 / 2^i, 28 / 2^i)
-        h = self.mid_attn(self.mid(h, temb))         # (B, ch[-1], 7, 7)
+            skips.append(h)                          # (B, ch[i], 28 / (patch 2^i), 28 / (patch 2^i))
+        h = self.mid_attn(self.mid(h, temb))         # (B, ch[-1], 7, 7) at the default levels
         return (temb, h, *skips)
 
     def decode(self, features: tuple[torch.Tensor, ...], digit, dataset, w=None) -> torch.Tensor:
@@ -110,7 +113,7 @@ class ChannelMultUnet(nn.Module):
             h = block(torch.cat([h, skips[-1 - i]], dim=1), emb)
             if i == 0:
                 h = self.up_attn(h)
-        return self.out(h)
+        return F.pixel_shuffle(self.out(h), self.patch)
 
     def forward(self, x, t, digit, dataset, w=None):
         return self.decode(self.encode(x, t), digit, dataset, w)

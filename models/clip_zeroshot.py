@@ -5,6 +5,7 @@ the model from them, embeds the prompts and classifies images.
 """
 import json
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import open_clip
@@ -18,7 +19,17 @@ from utils.clip_data import ValImage
 from utils.errors import UserError
 from utils.images import load_rgb
 
-DEFAULT_TEMPLATES = ("A photo of {}.",)
+DEFAULT_TEMPLATES = ("A photo of {}.",)  # the course's prompt, "A photo of {object}."
+# CLIP's own 18 prompts for CIFAR-100 (openai/CLIP, data/prompts.md), the data set of the course's images:
+# the default ensemble that results.json's "prompting" compares the course's single prompt with
+CIFAR100_TEMPLATES = (
+    "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.",
+    "a low contrast photo of a {}.", "a high contrast photo of a {}.", "a bad photo of a {}.",
+    "a good photo of a {}.", "a photo of a small {}.", "a photo of a big {}.",
+    "a photo of the {}.", "a blurry photo of the {}.", "a black and white photo of the {}.",
+    "a low contrast photo of the {}.", "a high contrast photo of the {}.", "a bad photo of the {}.",
+    "a good photo of the {}.", "a photo of the small {}.", "a photo of the big {}.",
+)
 URL_CACHE = Path("~/.cache/clip")  # where open_clip keeps the files it downloads by URL
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
@@ -97,20 +108,32 @@ def text_embeddings(model, tokenizer, class_words: list[str], templates, batch_s
 
 
 @torch.no_grad()
+def image_features(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) preprocessed images -> (B, D) unit image embeddings."""
+    return F.normalize(model.encode_image(images).float(), dim=-1)
+
+
+@torch.no_grad()
+def class_logits(model, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """(B, D) unit image embeddings, (C, D) unit class embeddings -> (B, C) logits: scale * cosine."""
+    scale = model.logit_scale.exp().float().to(image_emb.device)
+    return scale * image_emb @ text_emb.to(image_emb.device).T
+
+
 def image_logits(model, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) preprocessed images, (C, D) unit class embeddings -> (B, C) logits: scale * cosine."""
-    img = F.normalize(model.encode_image(images).float(), dim=-1)
-    return model.logit_scale.exp().float() * img @ text_emb.T
+    return class_logits(model, image_features(model, images), text_emb)
 
 
-def classify(model, preprocess, text_emb: torch.Tensor, images: list[ValImage], batch_size: int):
-    """Batched zero-shot classification with a progress bar, preprocessing being the model's own.
+def encode_images(model, preprocess, images: list[ValImage], batch_size: int):
+    """Batched image embeddings with a progress bar, preprocessing being the model's own.
 
-    Returns `(kept, probs, skipped)`: the images that could be read, their (N, C) class probabilities,
-    and one message per image that could not be read (reported, never silently dropped).
+    Returns `(kept, features, skipped)`: the images that could be read, their (N, D) unit embeddings (on the
+    CPU), and one message per image that could not be read (reported, never silently dropped). Computed once,
+    they serve every text classifier (`class_logits`): one prompt, an ensemble.
     """
     device = next(model.parameters()).device
-    kept, probs, skipped = [], [], []
+    kept, feats, skipped = [], [], []
     for start in tqdm(range(0, len(images), batch_size), desc="classify", unit="batch", dynamic_ncols=True):
         batch, tensors = [], []
         for item in images[start:start + batch_size]:
@@ -121,6 +144,14 @@ def classify(model, preprocess, text_emb: torch.Tensor, images: list[ValImage], 
                 tqdm.write(f"warning: skipping {e}")
                 skipped.append(str(e))
         if batch:
-            probs.append(image_logits(model, torch.stack(tensors).to(device), text_emb).softmax(-1).cpu())
+            feats.append(image_features(model, torch.stack(tensors).to(device)).cpu())
             kept += batch
-    return kept, torch.cat(probs) if probs else torch.empty(0, len(text_emb)), skipped
+    return kept, torch.cat(feats) if feats else torch.empty(0, 0), skipped
+
+
+def confused_pairs(true_labels: list[str], pred_labels: list[str], top: int = 5) -> list[dict]:
+    """The `top` most frequent mistakes: [{"true_label", "pred_label", "count"}, ...] over the pairs with
+    true != pred, by count (descending), then true label, then predicted label."""
+    counts = Counter((t, p) for t, p in zip(true_labels, pred_labels, strict=True) if t != p)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"true_label": t, "pred_label": p, "count": n} for (t, p), n in ranked[:top]]

@@ -326,13 +326,21 @@ def drop_condition(cond: Sequence[torch.Tensor], null: Sequence[int], p_uncond: 
 
 
 def epsilon_loss(model, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, noise: torch.Tensor,
-                 cond: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                 cond: Sequence[torch.Tensor] = (), min_snr_gamma: float | None = None) -> torch.Tensor:
     """The simplified DDPM objective (Ho et al. 2020, eq. 14): mean ||eps - eps_theta(x_t, t, *cond)||^2.
 
-    x0 and noise (B, C, H, W), t (B,) indexes alpha_bar; the prediction is compared in float32.
+    x0 and noise (B, C, H, W), t (B,) indexes alpha_bar; the prediction is compared in float32. With
+    `min_snr_gamma` each image's error is weighted by min(SNR(t), gamma) / SNR(t), SNR = alpha_bar / (1 -
+    alpha_bar): Min-SNR-gamma weighting for eps-prediction (Hang et al. 2023, as diffusers'
+    `train_text_to_image.py --snr_gamma`), which lowers the weight of the nearly clean timesteps.
     """
     pred = model(q_sample(x0, t, alpha_bar, noise), t, *cond)
-    return torch.nn.functional.mse_loss(pred.float(), noise.float())
+    if min_snr_gamma is None:
+        return torch.nn.functional.mse_loss(pred.float(), noise.float())
+    snr = alpha_bar[t] / (1 - alpha_bar[t])
+    weight = snr.clamp(max=min_snr_gamma) / snr
+    per_image = (pred.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))
+    return (weight * per_image).mean()
 
 
 def guidance_distillation_loss(student, teacher, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor,

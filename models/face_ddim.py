@@ -1,7 +1,8 @@
 """P2: DDIM sampling of the course's face UNet with the course's schedule, and the report's studies.
 
 The schedule and the sampler are P1's (`models.diffusion`); this module only fixes the course's
-choices and adds batching, mixed precision and the eta / interpolation figures' inputs.
+choices and adds batching, mixed precision, the eta / interpolation figures' inputs and the numbers
+measured on them (`eta_sweep_stats`, `interpolation_stats`).
 
 Two DDIM conventions (`CONVENTIONS`):
 - "ldm" (the default) made the course's ground truth: CompVis latent-diffusion's DDIM sampler,
@@ -14,15 +15,18 @@ Two DDIM conventions (`CONVENTIONS`):
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from models.diffusion import alphas_cumprod, ddim_sample, linear_betas, spaced_timesteps
-from models.interpolation import lerp, slerp
+from models.interpolation import lerp, rms, slerp
+from utils.images import luma_contrast, mean_abs_difference, mean_saturation
 from utils.runtime import autocast
 
 NUM_TRAIN_STEPS = 1000  # linear betas 1e-4 .. 2e-2, as the UNet was trained
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the report's eta sweep
 ALPHAS = tuple(i / 10 for i in range(11))  # the report's interpolation weights
+INTERPOLATIONS = ("slerp", "linear")  # the rows of `interpolated_noises`, as the statistics name them
 
 
 def course_alpha_bar() -> torch.Tensor:
@@ -103,5 +107,46 @@ def eta_sweep(model, x_T: torch.Tensor, etas: Sequence[float] = ETAS, *, seed: i
 
 
 def interpolated_noises(x0: torch.Tensor, x1: torch.Tensor, alphas: Sequence[float] = ALPHAS) -> torch.Tensor:
-    """Noises between x0 and x1 (each (3, H, W)): rows slerp and lerp -> (2, len(alphas), 3, H, W)."""
+    """Noises between x0 and x1 (each (3, H, W)): rows slerp and lerp (INTERPOLATIONS) -> (2, len(alphas), 3, H, W)."""
     return torch.stack([torch.stack([f(x0, x1, a) for a in alphas]) for f in (slerp, lerp)])
+
+
+def eta_sweep_stats(tiles: np.ndarray, etas: Sequence[float] = ETAS) -> dict:
+    """How far eta moves the images: tiles uint8 (E, N, H, W, 3), row i sampled with etas[i], column n
+    from noise n, as the figure shows them. Mean absolute pixel differences (0-255) of each tile from the
+    same noise's tile at the reference eta (0 if among the etas, else etas[0]) and from the row above:
+
+    {"etas", "reference_eta", "mad_from_eta0": (E, N), "mad_between_rows": (E - 1, N),
+     "mean_from_eta0": (E,), "mean_between_rows": (E - 1,)}, the last two averaged over the noises.
+    """
+    etas = [float(e) for e in etas]
+    if tiles.ndim != 5 or tiles.shape[0] != len(etas) or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+        raise ValueError(f"expected uint8 tiles ({len(etas)}, N, H, W, 3), got {tiles.dtype} {tiles.shape}")
+    ref = etas.index(0.0) if 0.0 in etas else 0
+    from_ref = mean_abs_difference(tiles, np.broadcast_to(tiles[ref], tiles.shape))  # (E, N)
+    between = mean_abs_difference(tiles[1:], tiles[:-1])  # (E - 1, N)
+    return {"etas": etas, "reference_eta": etas[ref],
+            "mad_from_eta0": from_ref.tolist(), "mad_between_rows": between.tolist(),
+            "mean_from_eta0": from_ref.mean(axis=1).tolist(), "mean_between_rows": between.mean(axis=1).tolist()}
+
+
+def interpolation_stats(x0: torch.Tensor, x1: torch.Tensor, noises: torch.Tensor, tiles: np.ndarray,
+                        alphas: Sequence[float] = ALPHAS) -> dict:
+    """What slerp and lerp do to the noise and to the faces: x0, x1 the end noises (3, H, W); noises
+    (2, A, 3, H, W) from `interpolated_noises(x0, x1, alphas)`; tiles uint8 (2, A, H, W, 3) the images
+    sampled from them, as saved. Per row of INTERPOLATIONS and alpha: the noise's RMS
+    (`models.interpolation.rms`), the image's luma standard deviation (0-255, `utils.images.luma_contrast`)
+    and mean HSV saturation (0-1, `utils.images.mean_saturation`):
+
+    {"alphas", "noise_rms": {"slerp", "linear"}, "noise_rms_ends", "contrast": {...}, "saturation": {...}}.
+    """
+    shape = (len(INTERPOLATIONS), len(alphas))
+    if tuple(noises.shape[:2]) != shape or tiles.shape[:2] != shape or tiles.dtype != np.uint8:
+        raise ValueError(f"expected noises and uint8 tiles of {shape} rows x alphas, got {tuple(noises.shape)} "
+                         f"and {tiles.dtype} {tiles.shape}")
+    contrast, saturation = luma_contrast(tiles), mean_saturation(tiles)  # (2, A)
+    return {"alphas": [float(a) for a in alphas],
+            "noise_rms": {name: [rms(x) for x in row] for name, row in zip(INTERPOLATIONS, noises)},
+            "noise_rms_ends": (rms(x0) + rms(x1)) / 2,
+            "contrast": dict(zip(INTERPOLATIONS, contrast.tolist())),
+            "saturation": dict(zip(INTERPOLATIONS, saturation.tolist()))}

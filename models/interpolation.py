@@ -37,3 +37,8 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float) -> torch.Tensor:
     theta = torch.tensor(cos, dtype=torch.float64).acos()
     out = (torch.sin((1.0 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta)
     return out.to(x0.dtype)
+
+
+def rms(x: torch.Tensor) -> float:
+    """Root mean square ||x|| / sqrt(numel), in float64: about 1 for standard Gaussian noise."""
+    return (x.double().norm() / x.numel() ** 0.5).item()

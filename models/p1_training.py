@@ -66,8 +66,8 @@ def draw_batch(gen: torch.Generator, weights: torch.Tensor, labels: tuple[torch.
 
 def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: DigitData, out_dir: Path, *,
           steps: int, batch_size: int, lr: float, warmup: int, ema_decay: float, balanced: bool, seed: int,
-          save_every: int, keep_every: int, log_every: int, state: dict | None = None, init: dict | None = None,
-          teacher: torch.nn.Module | None = None) -> Path:
+          save_every: int, keep_every: int, log_every: int, min_snr_gamma: float | None = None,
+          state: dict | None = None, init: dict | None = None, teacher: torch.nn.Module | None = None) -> Path:
     """Train the network `config` describes on `data` up to step `steps`; returns OUT_DIR/model.pt.
 
     Start: `state` (a last.pt: weights, EMA, optimizer, step, generators; the run continues exactly), else `init`
@@ -78,14 +78,16 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     2022). Each process draws `batch_size` images a step from its own generator (`seed`, `process_generator`).
     Writes OUT_DIR/last.pt and model.pt (config and EMA weights) every `save_every` steps and at the end,
     model_STEP.pt every `keep_every` steps (0 = never), a train_log.jsonl line every `log_every` steps.
-    `dtype` is the precision the accelerator autocasts to (named in the first line printed).
+    `dtype` is the precision the accelerator autocasts to (named in the first line printed). `min_snr_gamma`
+    weights the loss of a network trained from data (not a distillation) by Min-SNR-gamma (`epsilon_loss`).
     """
     main_process, device = accelerator.is_main_process, accelerator.device
     distill = config.get("distillation")
     if teacher is not None:
         teacher = teacher.to(device).requires_grad_(False)
     config = {**config, "training": {"num_processes": accelerator.num_processes, "batch_per_process": batch_size,
-                                     "global_batch": batch_size * accelerator.num_processes}}
+                                     "global_batch": batch_size * accelerator.num_processes,
+                                     **({"min_snr_gamma": min_snr_gamma} if min_snr_gamma else {})}}
     weights = data.balanced_weights() if balanced else torch.ones(len(data), dtype=torch.double)
     images, labels = data.images.to(device), (data.digits, data.sets)  # the images on the device once
     net = build_from_config(config)
@@ -145,7 +147,7 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
         for group in opt.param_groups:
             group["lr"] = step_lr(i)
         if teacher is None:
-            loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond)
+            loss = epsilon_loss(model, x0, t, alpha_bar, noise, cond, min_snr_gamma)
         elif grid is not None:  # t indexes the student's grid
             with accelerator.autocast():
                 loss = step_distillation_loss(model, teacher, x0, grid[t], mid[t], grid[t + 1], alpha_bar, noise,

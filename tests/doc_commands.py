@@ -67,7 +67,7 @@ P1_DATA = "mkdir hw2_p1 && ln -s ../hw2_data/digits hw2_p1/"  # run_all.sh on P1
 RUN_ALL_ENV = {"HW2_DATA": "hw2_p1", "HW2_PER_DIGIT": "1", "HW2_TRAIN_STEPS": "2", "HW2_KEEP_EVERY": "1",
                "HW2_P1_TRAIN_FLAGS": "--n-feat 8 --limit 40 --num-timesteps 50 --batch-size 8",
                "HW2_JUDGE_FLAGS": "--limit 64 --epochs 1 --width 8 --batch-size 16", "HW2_CURVE_PER_DIGIT": "1",
-               "HW2_MNISTM_CLASSIFIER": "Classifier.pth"}
+               "HW2_MNISTM_CLASSIFIER": "Classifier.pth", "HW2_PLAN_FORWARDS": "10"}
 BENCH_OUT = "--out outputs/bench.json"
 
 COMMANDS = {
@@ -87,6 +87,11 @@ COMMANDS = {
         Run(append=P1_TINY, creates=("runs/p1/model_000002.pt",)),
     "python p1_ddpm_train.py --data-root hw2_data/digits --out-dir runs/p1_cpu --n-feat 64 --batch-size 128 "
     "--steps 10500 --keep-every 500": Run(append=P1_TINY, creates=("runs/p1_cpu/model.pt",)),
+    "python p1_ddpm_train.py --recipe cpu --data-root hw2_data/digits --out-dir runs/p1_cpu":
+        Run(append=P1_TINY, creates=("runs/p1_cpu/model.pt",), prints=("recipe cpu",)),
+    "bash hw2_1.sh outputs/p1_cpu --ckpt runs/p1_cpu/model.pt":
+        Run(before=("python p1_ddpm_train.py --recipe cpu --data-root hw2_data/digits --out-dir runs/p1_cpu "
+                    + P1_TINY,), append="--per-digit 1", creates=("outputs/p1_cpu/svhn/9_001.png",)),
     "python p1_ddpm_train.py --data-root hw2_data/digits --out-dir runs/p1_gd --distill-guidance runs/p1/model.pt "
     "--steps 1600 --batch-size 64 --lr 1e-4 --warmup 50 --ema-decay 0.995":
         Run(before=(P1_TRAIN,), append=DISTIL_TINY, creates=("runs/p1_gd/model.pt",)),
@@ -129,8 +134,9 @@ COMMANDS = {
         Covered("the grader's command on a small random UNet", "tests/test_p2_cli.py::test_hw2_2_sh_passes_its_arguments"),
     "python p2_ddim.py hw2_data/face/noise outputs/p2 hw2_data/face/UNet.pt --gt-dir hw2_data/face/GT --eta-sweep "
     "--interpolation --compare-conventions":
-        Run(append="--steps 2", creates=("outputs/p2/mse.json", "outputs/p2/eta_sweep.png",
-                                         "outputs/p2/interpolation.png", "outputs/p2/conventions.png")),
+        Run(append="--steps 2", creates=("outputs/p2/mse.json", "outputs/p2/eta_sweep.png", "outputs/p2/eta_sweep.json",
+                                         "outputs/p2/interpolation.png", "outputs/p2/interpolation.json",
+                                         "outputs/p2/interpolation_stats.png", "outputs/p2/conventions.png")),
     "python p2_ddim.py hw2_data/face/noise outputs/p2 hw2_data/face/UNet.pt --compare-conventions":
         Run(append="--steps 2", creates=("outputs/p2/conventions.json",)),
     # ------------------------------------------------------------------------------------------------ P3
@@ -165,6 +171,11 @@ COMMANDS = {
     # ---------------------------------------------------------------------------------------- benchmarks
     "python benchmarks/bench_p1_sampling.py": Run(append=f"--per-digit 1 --dtype fp32 --unit-forwards 20 {BENCH_OUT}",
                                                   creates=("outputs/bench.json",)),
+    "python benchmarks/bench_p1_training.py": Covered("the same benchmark on tiny settings, its JSON and plot checked",
+                                                      "tests/test_p1_cpu_recipe.py::test_training_benchmark_end_to_end"),
+    "python benchmarks/bench_p1_training.py --recipe cpu --units 60 --bf16 off":
+        Covered("the same benchmark on tiny settings, its JSON and plot checked",
+                "tests/test_p1_cpu_recipe.py::test_training_benchmark_end_to_end"),
     "python benchmarks/bench_p1_quality.py --ckpt runs/p1/model_*.pt":
         Run(before=(P1_TRAIN,), append=f"--per-digit 1 --steps 2 --mnistm-classifier Classifier.pth {BENCH_OUT}",
             creates=("outputs/bench.json",)),

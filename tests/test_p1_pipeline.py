@@ -107,7 +107,7 @@ def test_channel_mult_unet_trains_and_samples(digits, tmp_path, cli_error):
     assert [tuple(f.shape[1:]) for f in (*levels, mid)] == [(8, 28, 28), (16, 14, 14), (24, 7, 7), (24, 7, 7)]
     p1_ddpm_sample.main([str(tmp_path / "out"), "--ckpt", str(ckpt), "--steps", "2", "--per-digit", "1", "--quiet"])
     assert sorted(p.name for p in (tmp_path / "out" / "svhn").glob("*.png")) == [f"{d}_001.png" for d in range(10)]
-    with cli_error("--channel-mult: '1,0,4': need three positive integers"):
+    with cli_error("--channel-mult: '1,0,4': need one to three positive integers"):
         p1_ddpm_train.parse_args(["--channel-mult", "1,0,4"])
 
 

@@ -239,7 +239,8 @@ def test_all_documented_flags_together(files, tmp_path):
     p2_ddim.main([str(files / "noise"), str(out), str(files / "UNet.pt"), "--steps", "2", "--gt-dir", str(gt),
                   "--eta-sweep", "--interpolation", "--compare-conventions"])
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{n}.png" for n in NAMES] + ["mse.json", "eta_sweep.png", "interpolation.png", "conventions.png",
+        [f"{n}.png" for n in NAMES] + ["mse.json", "eta_sweep.png", "eta_sweep.json", "interpolation.png",
+                                       "interpolation.json", "interpolation_stats.png", "conventions.png",
                                        "conventions.json"])
     # the ground truth is the paper grid's images, so both files hold the same per-image MSE
     assert json.loads((out / "conventions.json").read_text())["per_image"] == pytest.approx(

@@ -2,6 +2,7 @@
 import contextlib
 import csv
 import json
+from collections import Counter
 import shutil
 import zipfile
 from pathlib import Path
@@ -17,7 +18,14 @@ from torch import nn
 
 import p3_clip_zeroshot
 from models.clip_weights import resolve_weights
-from models.clip_zeroshot import DEFAULT_TEMPLATES, prompts, resolve_model, text_embeddings
+from models.clip_zeroshot import (
+    CIFAR100_TEMPLATES,
+    DEFAULT_TEMPLATES,
+    confused_pairs,
+    prompts,
+    resolve_model,
+    text_embeddings,
+)
 from utils.clip_data import case_tile, cases_layout, label_words
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_clip.json"
@@ -136,6 +144,52 @@ def test_cli_matches_direct_logits_and_writes_what_it_claims(setup):
     for (_, cases), corners in zip(rows_, layout["corners"]):
         for case, (x, y) in zip(cases, corners):
             np.testing.assert_array_equal(figure[y:y + 128, x:x + 128], np.asarray(case_tile(case["path"], 128)))
+
+
+def direct_accuracy(setup, templates) -> float:
+    logits = direct_logits(setup["model"], setup["preprocess"], setup["tokenizer"], setup["files"], setup["words"],
+                           templates)
+    true = torch.tensor([setup["class_ids"].index(int(f.name.split("_")[0])) for f in setup["files"]])
+    return (logits.argmax(-1) == true).float().mean().item()
+
+
+def test_confused_pairs_counts_mistakes_only_most_frequent_first():
+    true = ["cat", "cat", "cat", "dog", "dog", "fox", "fox", "fox", "owl", "ant", "bee", "cow"]
+    pred = ["dog", "dog", "cat", "cat", "cat", "dog", "dog", "owl", "fox", "bee", "ant", "ant"]
+    assert confused_pairs(true, pred) == [  # 2, 2, 2 by true label; then the 1s by true label, cut at 5
+        {"true_label": "cat", "pred_label": "dog", "count": 2}, {"true_label": "dog", "pred_label": "cat", "count": 2},
+        {"true_label": "fox", "pred_label": "dog", "count": 2}, {"true_label": "ant", "pred_label": "bee", "count": 1},
+        {"true_label": "bee", "pred_label": "ant", "count": 1}]
+    assert confused_pairs(true, pred, top=2) == confused_pairs(true, pred)[:2]
+    assert [p["count"] for p in confused_pairs(true, pred, top=100)] == [2, 2, 2, 1, 1, 1, 1, 1]
+    assert confused_pairs(["a", "b"], ["a", "b"]) == []  # no mistakes, no pairs
+    with pytest.raises(ValueError):
+        confused_pairs(["a"], ["a", "b"])
+
+
+def test_results_compare_one_prompt_with_an_ensemble_on_the_same_images(setup, tmp_path):
+    single, ensemble = direct_accuracy(setup, DEFAULT_TEMPLATES), direct_accuracy(setup, CIFAR100_TEMPLATES)
+    assert single != ensemble  # so that the test tells the two classifiers apart
+    results = run_cli(setup, tmp_path / "out")
+    assert results["prompting"] == {"single": {"template": "A photo of {}.", "accuracy": pytest.approx(single)},
+                                    "ensemble": {"templates": 18, "accuracy": pytest.approx(ensemble)}}
+    assert results["accuracy"] == results["prompting"]["single"]["accuracy"] == 0.5  # the reported mode: one prompt
+    # the most confused pairs are those of predictions.csv, counted independently
+    with open(tmp_path / "out/predictions.csv") as f:
+        wrong = Counter((r["true_label"], r["pred_label"]) for r in csv.DictReader(f) if r["correct"] == "False")
+    assert len(wrong) > 5 and sum(wrong.values()) == 9
+    expected = sorted(wrong.items(), key=lambda item: (-item[1], item[0]))[:5]
+    assert [(p["true_label"], p["pred_label"], p["count"]) for p in results["confused_pairs"]] == \
+        [(t, pr, n) for (t, pr), n in expected]
+    # with a templates file, the predictions are that ensemble's, compared with the same single prompt
+    templates = ["a blurry photo of a {}.", "itap of the {}."]
+    (tmp_path / "templates.txt").write_text("\n".join(templates) + "\n")
+    results = run_cli(setup, tmp_path / "out2", "--templates", str(tmp_path / "templates.txt"))
+    file_accuracy = direct_accuracy(setup, templates)
+    assert file_accuracy != single
+    assert results["prompting"] == {"single": {"template": "A photo of {}.", "accuracy": pytest.approx(single)},
+                                    "ensemble": {"templates": 2, "accuracy": pytest.approx(file_accuracy)}}
+    assert results["accuracy"] == pytest.approx(file_accuracy)
 
 
 def test_prompt_ensembling_is_mean_of_normalised_embeddings(setup, tmp_path):

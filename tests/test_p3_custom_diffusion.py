@@ -17,6 +17,9 @@ import p3_custom_diffusion as cd
 from models.custom_diffusion import RARE_WORDS, WEIGHTS_NAME, kv_state, merge_kv, save_weights
 from models.sd_loading import load_pipeline, random_pipeline
 from models.stable_diffusion import SAMPLERS, embeds_path, save_learned_embeds
+from standins import tiny_transformers_clip
+from utils.clip_score import ClipScorer
+from utils.outputs import CD_COMPARISON_JSON, CD_COMPARISON_PNG
 
 TINY = json.loads((Path(__file__).parent / "fixtures" / "ti_tiny_sd.json").read_text())
 TOKENS, CLASSES = ["<new1>", "<new3>"], ["dog", "cat"]
@@ -323,6 +326,64 @@ def test_figure_tiles_are_the_sampled_images_in_order(tiny_sd, trained, merged, 
     ys = [row[0][0] for row in places]
     assert ys == sorted(ys) and len(set(ys)) == 6  # one row per (method, prompt), in the stated order
     assert all(row[0][0] == row[1][0] and row[0][1] < row[1][1] for row in places)  # seeds left to right
+
+
+def test_figure_measures_each_drawn_method_with_the_course_scorer(tiny_sd, trained, shared, tmp_path, capsys):
+    """OUT_PNG's .json: each drawn method's image alignment to each concept's photos and text alignment to the
+    prompt with class words, equal to utils.clip_score's scores of the images drawn; a method whose inputs are
+    missing (--skip-missing) is neither drawn nor measured; without the flags no .json, an earlier one removed."""
+    ti = tmp_path / "ti"
+    g = torch.Generator().manual_seed(3)
+    for token in TOKENS:
+        save_learned_embeds(embeds_path(ti, token), token, torch.randn(1, 32, generator=g))
+    clip = tiny_transformers_clip(tmp_path / "clip")
+    concepts = [shared / "hw2_data/textual_inversion" / c for c in "02"]
+    out = tmp_path / "out" / CD_COMPARISON_PNG
+    base = ["figure", str(tiny_sd[0]), str(out), "--tokens", *TOKENS, "--joint", str(trained[1].out_dir),
+            "--merged", str(tmp_path / "no_merge"), "--skip-missing", "--tile", "32", "--steps", "2", "--quiet", *RES]
+    result = cd.main([*base, "--ti-embeds", str(ti), "--num", "2", "--concept-dirs", *map(str, concepts),
+                      "--clip", str(clip)])
+    assert "leaving out Custom Diffusion, merged, missing merged weights" in capsys.readouterr().out
+    prompt = "a <new1> next to a <new3>"
+    assert [m for m, _ in result.images] == [cd.METHODS[0]] * 2 + [cd.METHODS[1]] * 2  # the merged rows are absent
+    written = json.loads((tmp_path / "out" / CD_COMPARISON_JSON).read_text())
+    assert written == result.scores
+    assert set(written) == {"prompt", "concepts", "clip", "text_prompt", "methods"}
+    assert (written["prompt"], written["concepts"], written["clip"]) == (prompt, TOKENS, str(clip))
+    assert written["text_prompt"] == "a dog next to a cat"  # the class words of the joint run's config.json
+    assert set(written["methods"]) == {"textual_inversion", "custom_diffusion_joint"}
+    scorer = ClipScorer(clip)
+    refs = {t: [Image.open(p).convert("RGB") for p in sorted(c.glob("*.jpg"))] for t, c in zip(TOKENS, concepts)}
+    for method, key in (cd.METHODS[0], "textual_inversion"), (cd.METHODS[1], "custom_diffusion_joint"):
+        images = result.images[method, prompt]
+        measured = written["methods"][key]
+        assert set(measured) == {"image_sim", "text_sim", "n_images"} and measured["n_images"] == 2
+        expected = {t: scorer.image_scores(images, refs[t]).mean().item() for t in TOKENS}
+        assert measured["image_sim"] == pytest.approx(expected, abs=1e-4)
+        assert abs(expected["<new1>"] - expected["<new3>"]) > 1e-3  # a swap of the concepts would show
+        assert measured["text_sim"] == pytest.approx(scorer.text_scores(images, "a dog next to a cat").mean().item(),
+                                                     abs=1e-4)
+        assert abs(measured["text_sim"] - scorer.text_scores(images, prompt).mean().item()) > 1e-3
+    # the two methods' images differ, and so do their measures
+    assert written["methods"]["textual_inversion"] != written["methods"]["custom_diffusion_joint"]
+    # no --concept-dirs / --clip: the figure alone, and the earlier measures (of another figure) are removed
+    result = cd.main([*base, "--ti-embeds", str(tmp_path / "no_ti"), "--num", "1"])
+    printed = capsys.readouterr().out
+    assert f"{CD_COMPARISON_JSON} not written (it needs --concept-dirs and --clip)" in printed
+    assert result.scores is None and list(result.images) == [(cd.METHODS[1], prompt),
+                                                             (cd.METHODS[1], "a <new3> next to a <new1>")]
+    assert out.is_file() and not (tmp_path / "out" / CD_COMPARISON_JSON).exists()
+
+
+def test_figure_inputs_are_all_required_without_skip_missing(tiny_sd, trained, tmp_path, cli_error):
+    argv = ["figure", str(tiny_sd[0]), str(tmp_path / "f.png"), "--tokens", *TOKENS, "--joint",
+            str(trained[1].out_dir), "--merged", str(trained[1].out_dir), "--ti-embeds", str(tmp_path / "no_ti")]
+    with cli_error("missing textual-inversion embeddings of <new1>"):
+        cd.main(argv)
+    with cli_error(r"missing reference photos of <new3>: .*nowhere; CLIP model: .*no_clip"):
+        cd.main([*argv[:-2], "--ti-embeds", str(trained[1].out_dir), "--concept-dirs", str(tmp_path),
+                 str(tmp_path / "nowhere"), "--clip", str(tmp_path / "no_clip")])
+    assert not (tmp_path / "f.png").exists()
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -24,6 +24,8 @@ import p3_clip_zeroshot
 import report
 from models.clip_zeroshot import resolve_model
 from models.face_unet import FaceUNet
+from models.p1_networks import load_p1_model
+from torch.utils.flop_counter import FlopCounterMode
 from report import read_train_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,9 +177,18 @@ def test_every_number_equals_the_json_it_comes_from(outputs, shared):
 
     # and no decimal number anywhere that is not (a rounding of) a number of one of the JSON files
     sources = [out / "p1/eval.json", out / "p1/sampling.json", out / "p2/mse.json", out / "p3_clip/results.json",
-               out / "p3_ti_scores.json", out / "run_info.json"]
+               out / "p3_ti_scores.json", out / "run_info.json", out / "p2/eta_sweep.json", out / "p2/interpolation.json"]
     known = [x for path in sources for x in json_numbers(json.loads(path.read_text()))]
+    # the implementation table: the checkpoint's config, and its forward's FLOPs as torch's counter gives them
+    net, config = load_p1_model(used["ckpt"])
+    with FlopCounterMode(display=False) as flops:
+        net(torch.zeros(1, 3, 28, 28), *[torch.zeros(1, dtype=torch.long)] * 3)
+    known += json_numbers(config) + [flops.get_total_flops() / 1e9]
+    impl = section(text, "Problem 1").split("### 1.2")[0]
+    assert f"| GFLOP per image and forward | {flops.get_total_flops() / 1e9:.3f} |" in impl
+    assert f"| parameters | {sum(v.numel() for v in torch.load(used['ckpt'])['ema'].values()):,} |" in impl
     prose = re.sub(r"`[^`]*`|\]\([^)]*\)", "", text)  # paths and link targets are not numbers
+    prose = re.sub(r"^#+ .*$", "", prose, flags=re.MULTILINE)  # the headings number the questions
     for number in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose):
         decimals = len(number.split(".")[1])
         assert any(close(number, x, decimals) for x in known), f"{number} in report.md is in no JSON"
@@ -197,9 +208,10 @@ def test_every_link_resolves_and_every_image_opens(outputs):
     images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
     clip = json.loads((out / "p3_clip/results.json").read_text())
     # P1 grids and reverse process, the loss curve (the run's train_log.jsonl) and the accuracy curve, P2
-    # images, eta sweep and interpolation, CLIP cases and cases.png, one image per textual-inversion prompt
+    # images, eta sweep, interpolation and its statistics, CLIP cases and cases.png, one image per textual-inversion
+    # prompt
     assert (run / "train_log.jsonl").is_file()
-    assert len(images) == 4 + 2 + 4 + 2 + len(clip["successes"]) + len(clip["failures"]) + 1 + 2
+    assert len(images) == 4 + 2 + 4 + 3 + len(clip["successes"]) + len(clip["failures"]) + 1 + 2
     for target in targets:
         assert not target.startswith("/") and "://" not in target, f"{target}: not a relative link"
         path = out / unquote(target)
@@ -294,11 +306,23 @@ def test_run_all_train_end_to_end(shared, tiny_data, tmp_path):
            "HW2_TRAIN_STEPS": "4", "HW2_KEEP_EVERY": "2",
            "HW2_P1_TRAIN_FLAGS": "--n-feat 8 --num-timesteps 50 --batch-size 16 --save-every 2",
            "HW2_JUDGE_FLAGS": "--epochs 1 --batch-size 16 --width 8", "HW2_PER_DIGIT": "2",
-           "HW2_CURVE_PER_DIGIT": "1", "HW2_MNISTM_CLASSIFIER": str(shared / "grader/Classifier.pth")}
+           "HW2_CURVE_PER_DIGIT": "1", "HW2_MNISTM_CLASSIFIER": str(shared / "grader/Classifier.pth"),
+           "HW2_PLAN_FORWARDS": "10"}
     done = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--train"], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert done.stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'} and {out / 'report.pdf'}"
+    # the plan comes first: the device, what runs and what is skipped and why, times from this machine's unit
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("run_all.sh will run on CPU (") and "unit" in lines[0]
+    plan = "\n".join(lines[:10])
+    assert re.search(r"run +P1 training \(p1_ddpm_train.py --recipe cpu\) +about \d+ (minutes|hours) \(\d+ units\); "
+                     r"no GPU here, so the CPU recipe", plan), plan
+    assert "skip  P2 DDIM: 10 faces, MSE, eta grid, interpolation" in plan and str(tiny_data / "face/UNet.pt") in plan
+    assert re.search(r"skip +P3 textual inversion and Custom Diffusion +.*sd-v1-4.ckpt is missing", plan), plan
+    assert (out / "report.pdf").is_file()
+    # without a GPU --train trains the CPU recipe (its network, with the test's width)
+    assert torch.load(run / "p1/model.pt", weights_only=True)["config"]["model"]["arch"] == "channel_mult_unet"
     # P3's inputs are missing: run_all.sh says so itself instead of importing open_clip or diffusers
     assert f"P3 CLIP zero-shot skipped: {tiny_data / 'clip_zeroshot/val'} is missing" in done.stdout
     assert "P3 textual inversion and Custom Diffusion skipped" in done.stdout
@@ -361,3 +385,40 @@ def test_accuracy_curve_of_the_wrong_shape_names_file_and_key(tmp_path, cli_erro
     (tmp_path / "run" / "train_log.jsonl").write_text('{"step": 1, "loss": NaN, "lr": 0.1}\n')
     with cli_error(r"train_log.jsonl line 1: loss: expected a finite number, found NaN\n$"):
         report.main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")])
+
+
+def test_pdf_holds_every_number_and_figure_of_the_report(outputs):
+    """report.pdf: A4 pages numbered n / N, every decimal number of report.md's prose and tables in its text, and
+    every figure and table image of report.md embedded (counted by their pixel sizes)."""
+    from pypdf import PdfReader
+    out, run = outputs
+    text = make_report(out, "--run-dir", str(run))
+    reader = PdfReader(out / "report.pdf")
+    pages = [page.extract_text() for page in reader.pages]
+    assert len(pages) >= 3
+    for i, (page, content) in enumerate(zip(reader.pages, pages), start=1):
+        width, height = float(page.mediabox.width), float(page.mediabox.height)
+        assert (round(width), round(height)) == (595, 842), "not A4"
+        assert f"{i} / {len(pages)}" in content, f"page {i} has no page number"
+    # nothing starts outside the text area: every run of text begins within the 18 mm margins
+    for page in reader.pages:
+        width = float(page.mediabox.width)
+        starts = []
+        page.extract_text(visitor_text=lambda t, cm, tm, font, size: t.strip() and starts.append(tm[4] * cm[0] + cm[4]))
+        assert starts and all(18 / 25.4 * 72 - 1 <= x <= width - 18 / 25.4 * 72 for x in starts), \
+            [round(x) for x in starts if not 50 <= x <= width - 51][:5]
+    pdf_text = re.sub(r"\s+", " ", " ".join(pages))
+    prose = re.sub(r"`[^`]*`|\]\([^)]*\)", "", text)
+    numbers = re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose)
+    assert len(numbers) > 50
+    missing = [n for n in numbers if n not in pdf_text]
+    assert not missing, f"numbers of report.md not in report.pdf: {missing[:10]}"
+    for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE):
+        assert re.sub(r"\s+", " ", heading.replace("`", "")) in pdf_text, heading
+    # every image report.md shows is in the PDF: the embedded images' sizes are whole multiples of theirs
+    shown = [Image.open(out / unquote(t)).size for t in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)]
+    embedded = [im.image.size for page in reader.pages for im in page.images]
+    for w, h in shown:  # each shown image has an embedded one of its own
+        match = next((e for e in embedded if e[0] % w == 0 and e[1] % h == 0 and e[0] // w == e[1] // h), None)
+        assert match, f"a {w}x{h} image of report.md is not in report.pdf"
+        embedded.remove(match)

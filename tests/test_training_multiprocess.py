@@ -56,7 +56,7 @@ def test_p1_two_processes_equal_one_with_the_global_batch(shared, tmp_path, monk
     two = tmp_path / "two"
     first = torchrun("p1_ddpm_train.py", "--data-root", str(digits), "--out-dir", str(two), "--steps", "2",
                      "--batch-size", str(B), *P1_TINY)
-    assert first.stdout.splitlines()[0] == "training on 2 processes (MULTI_CPU), devices cpu, cpu"
+    assert first.stdout.splitlines()[0] == "training on 2 processes (MULTI_CPU), devices cpu, cpu; recipe gpu"
     at2 = torch.load(two / "last.pt", weights_only=True)
     assert at2["config"]["training"] == {"num_processes": 2, "batch_per_process": B, "global_batch": 2 * B}
     # written by the main process only: one log line per step, the two generators gathered into one file

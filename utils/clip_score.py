@@ -5,7 +5,11 @@
 - text score: CLIP's `logits_per_image` against `prompt_4_clip_eval` (logit scale x cosine);
 - per prompt, the 5 of the 25 images with the best image + 2.5 x text are kept and both scores
   averaged over them, then compared with the json's baseline.
+
+`alignment` gives the same two scores, averaged over every image, for a prompt that holds several learned
+concepts (Custom Diffusion's image and text alignment).
 """
+import re
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -78,3 +82,21 @@ def load_generated(folder: Path, expected: int = IMAGES_PER_PROMPT) -> list:
     if len(paths) != expected:
         raise UserError(f"{folder}: found {len(paths)} images; the course's evaluator needs exactly {expected}")
     return [load_rgb(p) for p in paths]
+
+
+def with_class_words(prompt: str, class_words: dict[str, str]) -> str:
+    """`prompt` with each learned token replaced by its class word ('a <new1> next to a <new3>' -> 'a dog next
+    to a cat'): the text that text alignment is measured against, as the course's prompt_4_clip_eval writes
+    it. Custom Diffusion's prompts read 'V* dog': this keeps the class noun and drops only the token, which
+    means nothing to CLIP."""
+    if not class_words:
+        return prompt
+    return re.sub("|".join(map(re.escape, class_words)), lambda m: class_words[m.group(0)], prompt)
+
+
+def alignment(scorer: ClipScorer, images: list, references: dict[str, list], text: str) -> dict:
+    """Custom Diffusion's image and text alignment (Kumari et al. 2023) in the course's units, averaged over
+    all `images` (no top-k choice): `image_sim` {concept: mean image score against its reference photos},
+    `text_sim` the mean text score against `text` (see `with_class_words`), `n_images`."""
+    return {"image_sim": {name: scorer.image_scores(images, refs).mean().item() for name, refs in references.items()},
+            "text_sim": scorer.text_scores(images, text).mean().item(), "n_images": len(images)}

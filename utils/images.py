@@ -1,4 +1,4 @@
-"""Image I/O and labelled figure helpers (PIL only)."""
+"""Image I/O, labelled figure helpers (PIL only) and pixel statistics of uint8 images (..., H, W, 3)."""
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +80,28 @@ def grid_tiles(figure: Image.Image | Path, shape, row_labels=None, col_labels=No
     if (fig.shape[1], fig.shape[0]) != L["size"]:
         raise ValueError(f"figure is {fig.shape[1]}x{fig.shape[0]}, the layout {L['size'][0]}x{L['size'][1]}")
     return np.stack([np.stack([fig[y:y + L["h"]:scale, x:x + L["w"]:scale] for x, y in row]) for row in L["corners"]])
+
+
+# ITU-R BT.601 luma weights of R, G, B (what PIL's convert("L") uses, there rounded to integers)
+LUMA_601 = np.array([0.299, 0.587, 0.114])
+
+
+def mean_abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean |a - b| over each image's pixels and channels, 0-255 scale: uint8 (..., H, W, 3) -> float64 (...)."""
+    if a.shape != b.shape:
+        raise ValueError(f"images of shapes {a.shape} and {b.shape} cannot be compared")
+    return np.abs(a.astype(np.float64) - b.astype(np.float64)).mean(axis=(-3, -2, -1))
+
+
+def luma_contrast(images: np.ndarray) -> np.ndarray:
+    """RMS contrast: the standard deviation (population, ddof 0) of each image's ITU-R 601 luma
+    Y = 0.299 R + 0.587 G + 0.114 B on the 0-255 scale, unrounded: uint8 (..., H, W, 3) -> float64 (...)."""
+    return (images.astype(np.float64) @ LUMA_601).std(axis=(-2, -1))
+
+
+def mean_saturation(images: np.ndarray) -> np.ndarray:
+    """Mean HSV saturation (max - min) / max of each image's pixels, 0 where max = 0 (as
+    `colorsys.rgb_to_hsv`): uint8 (..., H, W, 3) -> float64 (...) in [0, 1]."""
+    x = images.astype(np.float64)
+    hi, lo = x.max(axis=-1), x.min(axis=-1)
+    return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0).mean(axis=(-2, -1))

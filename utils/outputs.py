@@ -21,7 +21,10 @@ def reverse_process_png(dataset: str) -> str:
 # P2: p2_ddim.py
 MSE_JSON = "mse.json"
 ETA_SWEEP_PNG = "eta_sweep.png"
+ETA_SWEEP_JSON = "eta_sweep.json"  # mean absolute pixel differences between the eta sweep's rows
 INTERPOLATION_PNG = "interpolation.png"
+INTERPOLATION_JSON = "interpolation.json"  # noise RMS, contrast and saturation per alpha, slerp and linear
+INTERPOLATION_STATS_PNG = "interpolation_stats.png"  # those numbers plotted against alpha
 CONVENTIONS_PNG = "conventions.png"
 CONVENTIONS_JSON = "conventions.json"
 
@@ -34,3 +37,9 @@ CASES_PNG = "cases.png"
 RUN_INFO_JSON = "run_info.json"  # the flags run_all.sh used
 TI_SCORES_JSON = "p3_ti_scores.json"  # p3_textual_inversion.py evaluate --json
 MULTI_CONCEPT_PNG = "p3_multi_concept.png"  # p3_textual_inversion.py figure
+CD_COMPARISON_PNG = "p3_cd_comparison.png"  # p3_custom_diffusion.py figure
+CD_COMPARISON_JSON = "p3_cd_comparison.json"  # its CLIP measures, written beside it: OUT_PNG with .json for .png
+
+# report.py: the report, in OUTPUTS_DIR
+REPORT_MD = "report.md"
+REPORT_PDF = "report.pdf"
