@@ -30,7 +30,6 @@ PLAN=(--data "$DATA" --unit-forwards "${HW2_PLAN_FORWARDS:-250}")
 [ "$TRAIN" = 1 ] && PLAN+=(--train)
 [ "$TRAIN_SD" = 1 ] && PLAN+=(--train-sd)
 $PY run_plan.py "${PLAN[@]}"
-GPU=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 OUT=${HW2_OUT:-outputs}
 RUN=${HW2_RUN:-runs/train}
 MNISTM_JUDGE=${HW2_MNISTM_CLASSIFIER:-Classifier.pth}
@@ -100,6 +99,7 @@ else
     # a token trained to its steps is not trained again), the graded images, their CLIP scores and the
     # two-concept figure
     TI_TRAIN=(--embeds-dir "$TI_EMBEDS" --run-dir "$TI_RUN" --steps "${HW2_TI_STEPS:-3000}" --resume --skip-missing)
+    GPU=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
     SD_TRAIN=$([ "$GPU" = 1 ] || [ "$TRAIN_SD" = 1 ] && echo 1 || echo 0)  # days on a CPU: only when asked
     TI_SAMPLE=(--embeds-dir "$TI_EMBEDS" --sampler "$TI_SAMPLER" --steps "$TI_STEPS" --guidance "$TI_GUIDANCE"
                --seed "$TI_SEED" --skip-missing)

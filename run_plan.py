@@ -65,7 +65,7 @@ def plan(args, unit_s: float | None, gpu: str | None) -> list[tuple[str, str, st
         if gpu is not None:
             return minutes(GPU_MINUTES[gpu_key]) + " (measured on one H100)"
         u = units / 2 if bf16_speedup and bf16 else units
-        return f"{minutes(u * unit_s / 60)} ({u:,.0f} units{', by FLOPs' if by_flops else ''})"
+        return f"{minutes(u * unit_s / 60)} ({u:,.0f} unit{'' if round(u) == 1 else 's'}{', by FLOPs' if by_flops else ''})"
 
     data = args.data
     steps = []
@@ -111,7 +111,7 @@ def main(argv=None):
     if gpu is None:
         torch.manual_seed(0)
         unit_s = time_unit(ClassicContextUnet(n_feat=128).eval(), args.unit_forwards)
-    device = f"GPU: {gpu}" if gpu else (f"CPU ({cpu_capability()}, {torch.get_num_threads()} threads), no GPU; "
+    device = f"GPU: {gpu}" if gpu else (f"CPU ({cpu_capability()}), no GPU; "
                                         f"unit {unit_s:.0f} s here (timed just now)")
     print(f"run_all.sh will run on {device}")
     steps = plan(args, unit_s, gpu)

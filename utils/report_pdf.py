@@ -100,7 +100,8 @@ def write_pdf(blocks: list[tuple], path: Path, title: str, cell_text) -> Path:
                 level, text = b
                 size = {1: 17, 2: 13.5, 3: 11}.get(level, 10)
                 after = blocks[i + 1] if i + 1 < len(blocks) else None
-                need = 30 + (_figure_size(after[1], width, pdf.eph - 25)[1] if after and after[0] == "figure" else 0)
+                need = (55 if level == 2 else 30) + (
+                    _figure_size(after[1], width, pdf.eph - 25)[1] if after and after[0] == "figure" else 0)
                 if level > 1 and pdf.get_y() + need > pdf.h - MARGIN and pdf.get_y() > MARGIN + 1:
                     pdf.add_page()  # a heading stays with what follows it
                 pdf.ln(3 if level > 1 and pdf.get_y() > MARGIN + 1 else 0)
