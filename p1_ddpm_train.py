@@ -37,11 +37,13 @@ RECIPES = {
     # the parser's own defaults: the shipped checkpoint's recipe, about 6 minutes on one H100 (22 hours on 2 CPU cores)
     "gpu": {},
     # from scratch on a CPU: the image as 2x2 patches (14x14 and 7x7 levels: about 0.2 GFLOP a forward against
-    # the ContextUnet-128's 2.2), small batches at a higher learning rate, Min-SNR-5 weighting
-    "cpu": {"arch": "channel_mult_unet", "n_feat": 64, "channel_mult": (1, 2), "patch": 2, "batch_size": 64,
-            "lr": 1e-3, "warmup": 200, "min_snr_gamma": 5.0, "steps": 9000},
+    # the ContextUnet-128's 2.2), the condition in every block (it learns the digits' shapes about twice as fast),
+    # small batches at a higher learning rate, Min-SNR-5 weighting
+    "cpu": {"arch": "channel_mult_unet", "n_feat": 64, "channel_mult": (1, 2), "patch": 2, "cond_down": True,
+            "batch_size": 64, "lr": 2e-3, "warmup": 200, "min_snr_gamma": 5.0, "steps": 9700},
 }
-CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "patch", "num_timesteps", "beta_start", "beta_end", "p_uncond")
+CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "patch", "cond_down", "num_timesteps", "beta_start", "beta_end",
+                "p_uncond")
 
 
 def parse_args(argv=None):
@@ -49,11 +51,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--recipe", choices=("auto", *RECIPES), default="gpu",
                    help="a named preset of the flags below (any flag given explicitly still wins); auto = gpu where "
-                        "CUDA is available, cpu otherwise; gpu = the "
-                        "shipped checkpoint's (10,000 steps of the ContextUnet-128 at batch 256: about 6 minutes on "
-                        "one H100, about 22 hours on 2 CPU cores); cpu = a patch-2 channel_mult_unet, batch 64, "
-                        "Min-SNR-5, 9,000 steps (about 60 units of benchmarks/bench_p1_sampling.py in fp32: an hour "
-                        "on 2 CPU cores, about half that in bf16 where the CPU has it natively)")
+                        "CUDA is available, cpu otherwise; gpu = the shipped checkpoint's (10,000 steps of the "
+                        "ContextUnet-128 at batch 256: about 6 minutes on one H100, about 22 hours on 2 CPU cores); "
+                        "cpu = a patch-2 channel_mult_unet with --cond-down, batch 64, lr 2e-3, Min-SNR-5, 9,700 "
+                        "steps (57 units of benchmarks/bench_p1_sampling.py in fp32 on a 2-core AVX-512 CPU: about "
+                        "40 minutes; faster in bf16 where the CPU has it natively)")
     p.add_argument("--data-root", type=Path, default=Path("hw2_data/digits"),
                    help="folder holding mnistm/ and svhn/ in the course layout (data/*.png + train.csv)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/p1"),
@@ -81,6 +83,9 @@ def parse_args(argv=None):
                    help="channel_mult_unet only: the network sees the image as PxP patches (pixel unshuffle: 3 P^2 "
                         "channels at 28/P x 28/P) and gives eps back the same way; 2 makes a 3x3 convolution of "
                         "the first level 4x cheaper (use --channel-mult with 2 levels: 14x14 and 7x7)")
+    p.add_argument("--cond-down", action=argparse.BooleanOptionalAction, default=False,
+                   help="channel_mult_unet only: the condition reaches the down path too, as the time does (ADM's "
+                        "class conditioning), not only the up path; guidance then runs the whole network twice")
     p.add_argument("--num-timesteps", type=positive_int, default=500, help="diffusion steps T (linear betas)")
     p.add_argument("--beta-start", type=positive_float, default=1e-4, help="first beta of the linear schedule")
     p.add_argument("--beta-end", type=positive_float, default=2e-2, help="last beta of the linear schedule (< 1)")
@@ -152,6 +157,8 @@ def parse_args(argv=None):
                     f"{len(args.channel_mult) - 1} time(s) (e.g. --patch 2 --channel-mult 1,2)")
     elif args.patch != 1:
         p.error(f"--patch {args.patch}: only the channel_mult_unet takes patches (add --arch channel_mult_unet)")
+    elif args.cond_down:
+        p.error("--cond-down: only the channel_mult_unet has it (add --arch channel_mult_unet)")
     if not args.beta_start <= args.beta_end < 1:
         p.error(f"--beta-start {args.beta_start} and --beta-end {args.beta_end}: need beta-start <= beta-end < 1")
     starts = [f for f in ("init_from", "distill_guidance", "distill_steps") if getattr(args, f) is not None]
@@ -197,6 +204,7 @@ def check_resumed_flags(args, config: dict, last: Path) -> None:
     saved = {"arch": model.get("arch", "context_unet"), "n_feat": model.get("n_feat"),
              "channel_mult": tuple(model["channel_mult"]) if "channel_mult" in model else None,
              "patch": model.get("patch", 1) if "channel_mult" in model else None,
+             "cond_down": model.get("cond_down", False) if "channel_mult" in model else None,
              "num_timesteps": schedule.get("num_steps"), "beta_start": schedule.get("beta_start"),
              "beta_end": schedule.get("beta_end"), "p_uncond": config.get("p_uncond")}
     differ = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved[k]})" for k in CONFIG_FLAGS
@@ -250,6 +258,8 @@ def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, t
         model = {"arch": args.arch, **model, "channel_mult": list(args.channel_mult)}
         if args.patch != 1:
             model["patch"] = args.patch
+        if args.cond_down:
+            model["cond_down"] = True
     config = {"model": model,
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}

@@ -484,8 +484,10 @@ def implementation(r: Report, ckpt: str | None, used: dict | None) -> None:
             ["GFLOP per image and forward", f"{flops.get_total_flops() / 1e9:.3f}"],
             ["noise schedule", f"linear betas {schedule['beta_start']:g} to {schedule['beta_end']:g}, "
                                f"T = {schedule['num_steps']}"],
-            ["condition", f"digit + data set ({', '.join(config.get('datasets', []))}) embeddings; dropped together "
-                          f"with probability {config.get('p_uncond', 'n/a')} for classifier-free guidance"]]
+            ["condition", f"digit + data set ({', '.join(config.get('datasets', []))}) embeddings"
+                          + (", in the down and the up path" if model.get("cond_down") else "")
+                          + f"; dropped together with probability {config.get('p_uncond', 'n/a')} for "
+                            "classifier-free guidance"]]
     distilled = config.get("distillation")
     if distilled:
         rows.append(["distillation", f"from `{distilled.get('teacher')}`: guidance w in "

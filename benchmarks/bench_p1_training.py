@@ -116,7 +116,8 @@ def plot(result: dict, png: Path) -> None:
     ax.set_xlabel(f"training time (units; 1 unit = {result['unit_s']:.1f} s on this host)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"P1 from scratch, recipe {result['recipe']} ({result['cpu']}, {result['precision']})", fontsize=9)
+    precision = {"off": "fp32", "on": "bf16"}.get(result["precision"], result["precision"])
+    ax.set_title(f"P1 from scratch, recipe {result['recipe']} ({result['cpu']}; training in {precision})", fontsize=9)
     minutes = ax.secondary_xaxis("top", functions=(lambda u: u * result["unit_s"] / 60,
                                                    lambda m: m * 60 / result["unit_s"]))
     minutes.set_xlabel("minutes on this host")

@@ -9,7 +9,8 @@ Dhariwal & Nichol 2021, at a smaller scale).
 The same interface as `ContextUnet`: `net(x, t, digit, dataset)` (and `w` with `guidance_embed`),
 null classes `digit == 10` and `dataset == num_datasets`, and `encode(x, t)` / `decode(features,
 digit, dataset)`: the condition reaches only the up path, so classifier-free guidance runs the down
-path once for both passes.
+path once for both passes. With `cond_down` (the CPU training recipe's) the condition reaches the
+down path too, and the network has no such split.
 """
 import math
 
@@ -63,15 +64,17 @@ class Attention(nn.Module):
 class ChannelMultUnet(nn.Module):
     """eps = net(x (B, 3, 28, 28), t (B,), digit (B,), dataset (B,)).
 
-    Down path (time only): a block at each level, halving the size between levels, then a middle
-    block with attention at 7x7. Up path (time + condition): at each level a block on the
-    concatenation of the current map and the down path's map of that level, attention at 7x7,
-    nearest upsampling between levels.
+    Down path: a block at each level, halving the size between levels, then a middle block with
+    attention at 7x7. Up path: at each level a block on the concatenation of the current map and the
+    down path's map of that level, attention at 7x7, nearest upsampling between levels. The blocks
+    take the time embedding plus, in the up path, the condition's; with `cond_down` the condition
+    reaches the down path too, as in ADM (faster to learn each digit's shape, but guidance then runs
+    the whole network for both passes).
     """
 
     def __init__(self, in_channels: int = 3, n_feat: int = 64, channel_mult: tuple[int, ...] = (1, 2, 4),
                  num_digits: int = 10, num_datasets: int = 2, guidance_embed: bool = False, patch: int = 1,
-                 image_size: int = 28):
+                 image_size: int = 28, cond_down: bool = False):
         super().__init__()
         levels, size = len(channel_mult), image_size // patch
         if patch < 1 or image_size % patch or levels < 1 or size % 2 ** (levels - 1):
@@ -79,6 +82,7 @@ class ChannelMultUnet(nn.Module):
                              f"split into {patch}x{patch} patches must halve evenly {levels - 1} time(s)")
         self.null_digit, self.null_dataset = num_digits, num_datasets
         self.n_feat, self.channel_mult, self.patch = n_feat, tuple(channel_mult), patch
+        self.cond_down = cond_down
         ch = [n_feat * m for m in channel_mult]
         emb = 4 * n_feat
         self.time_mlp = nn.Sequential(nn.Linear(n_feat, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -94,19 +98,35 @@ class ChannelMultUnet(nn.Module):
         self.out = nn.Sequential(_norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], in_channels * patch ** 2, 3, padding=1))
 
     def encode(self, x, t) -> tuple[torch.Tensor, ...]:
-        """The time embedding, each level's map of the down path and the middle (what the condition does not reach)."""
+        """The time embedding, each level's map of the down path and the middle: what the condition does not
+        reach, shared by the two passes of classifier-free guidance (not with cond_down, where it reaches both)."""
+        if self.cond_down:
+            raise ValueError("cond_down: the condition reaches the down path, so it has no condition-free encode")
         temb = self.time_mlp(timestep_embedding(t, self.n_feat))
-        h, skips = self.conv_in(F.pixel_unshuffle(x, self.patch)), []
-        for i, block in enumerate(self.down):
-            h = block(h if i == 0 else F.avg_pool2d(h, 2), temb)
-            skips.append(h)                          # (B, ch[i], 28 / (patch 2^i), 28 / (patch 2^i))
-        h = self.mid_attn(self.mid(h, temb))         # (B, ch[-1], 7, 7) at the default levels
-        return (temb, h, *skips)
+        return (temb, *self._down(x, temb))
 
     def decode(self, features: tuple[torch.Tensor, ...], digit, dataset, w=None) -> torch.Tensor:
         """eps from `encode`'s features and the condition (and w, if guidance-distilled): the up path."""
-        temb, h, *skips = features
-        emb = temb + condition_embedding(self, digit, dataset, w)
+        temb, *maps = features
+        return self._up(maps, temb + condition_embedding(self, digit, dataset, w))
+
+    def forward(self, x, t, digit, dataset, w=None):
+        if not self.cond_down:
+            return self.decode(self.encode(x, t), digit, dataset, w)
+        emb = self.time_mlp(timestep_embedding(t, self.n_feat)) + condition_embedding(self, digit, dataset, w)
+        return self._up(self._down(x, emb), emb)
+
+    def _down(self, x, emb) -> list[torch.Tensor]:
+        """[middle, level 0, level 1, ...]: the middle's map and each level's map of the down path."""
+        h, skips = self.conv_in(F.pixel_unshuffle(x, self.patch)), []
+        for i, block in enumerate(self.down):
+            h = block(h if i == 0 else F.avg_pool2d(h, 2), emb)
+            skips.append(h)                          # (B, ch[i], 28 / (patch 2^i), 28 / (patch 2^i))
+        return [self.mid_attn(self.mid(h, emb)), *skips]  # the middle: (B, ch[-1], 7, 7) at the default levels
+
+    def _up(self, maps: list[torch.Tensor], emb) -> torch.Tensor:
+        """eps from `_down`'s maps: at each level, deepest first, a block on the current map and that level's."""
+        h, *skips = maps
         for i, block in enumerate(self.up):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
@@ -114,6 +134,3 @@ class ChannelMultUnet(nn.Module):
             if i == 0:
                 h = self.up_attn(h)
         return F.pixel_shuffle(self.out(h), self.patch)
-
-    def forward(self, x, t, digit, dataset, w=None):
-        return self.decode(self.encode(x, t), digit, dataset, w)

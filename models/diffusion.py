@@ -268,7 +268,8 @@ class ClassifierFreeGuidance:
     are tensors (or tuples of tensors) of per-image conditioning, passed to `net(x, t, *cond)`;
     `chunk` bounds memory. A network whose condition enters late may split its forward into
     `encode(x, t)` (what the condition does not reach) and `decode(features, *cond)`: the two passes
-    then share one `encode`, else each chunk of the batch is doubled. `interval=(lo, hi)` guides only
+    then share one `encode`, else (no `encode`, or a `cond_down` network's, which the condition
+    reaches too) each chunk of the batch is doubled. `interval=(lo, hi)` guides only
     where lo <= t <= hi (a guidance interval, Kynkaanniemi et al. 2024); elsewhere eps = eps(x, t, c),
     one pass instead of two. A guidance-distilled network (one with a `w_emb`, Meng et al. 2023) takes
     w itself: one pass `net(x, t, *cond, w=w)`, w = 0 outside the interval. The network runs under
@@ -291,7 +292,7 @@ class ClassifierFreeGuidance:
             return self.net(x, t, *cond).float()
         idx = guided.nonzero().flatten()  # the images that also get the null pass
         both = [torch.cat([c, n[idx]]) for c, n in zip(cond, null)]
-        if hasattr(self.net, "encode"):  # one encode serves both passes
+        if hasattr(self.net, "encode") and not getattr(self.net, "cond_down", False):  # one encode serves both
             features = self.net.encode(x, t)
             eps = self.net.decode(tuple(torch.cat([f, f[idx]]) for f in features), *both).float()
         else:

@@ -98,7 +98,7 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     elif init is not None:  # a distilled student's guidance embedding is not in its teacher: it starts at zero
         missing = net.load_state_dict(init, strict=teacher is None).missing_keys
         assert all(k.startswith("w_emb.") for k in missing), missing
-    net.to(device)
+    net.to(device, memory_format=torch.channels_last)  # faster convolutions on a CPU (docs/results/p1_training.md)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if state is not None:
         ema.load_state_dict(state["ema"])
@@ -141,9 +141,10 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     def train_step(i):
         batch = draw_batch(gen, weights, labels, null, batch_size, len(mid) if mid is not None else T,
                            0.0 if distill else config["p_uncond"], distill["w_range"] if distill else None)
-        x0 = images[batch.idx.to(device)].float() / 127.5 - 1  # (B, 3, 28, 28) in [-1, 1]
+        channels_last = {"memory_format": torch.channels_last}
+        x0 = (images[batch.idx.to(device)].float() / 127.5 - 1).contiguous(**channels_last)  # (B, 3, 28, 28), [-1, 1]
         cond = tuple(c.to(device) for c in batch.cond)
-        t, noise = batch.t.to(device), batch.noise.to(device)
+        t, noise = batch.t.to(device), batch.noise.to(device).contiguous(**channels_last)
         for group in opt.param_groups:
             group["lr"] = step_lr(i)
         if teacher is None:

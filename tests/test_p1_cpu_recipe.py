@@ -11,29 +11,33 @@ from PIL import Image
 
 import p1_ddpm_train
 import run_plan
-from benchmarks import bench_p1_training
+from benchmarks import bench_p1_train_step, bench_p1_training
 from models.channel_mult_unet import ChannelMultUnet
 from models.diffusion import alphas_cumprod, epsilon_loss, linear_betas
 
 
 def test_recipe_is_a_preset_that_explicit_flags_override(monkeypatch):
     cpu = p1_ddpm_train.parse_args(["--recipe", "cpu"])
-    assert (cpu.arch, cpu.n_feat, cpu.channel_mult, cpu.patch, cpu.batch_size, cpu.min_snr_gamma) == \
-        ("channel_mult_unet", 64, (1, 2), 2, 64, 5.0)
+    assert (cpu.arch, cpu.n_feat, cpu.channel_mult, cpu.patch, cpu.cond_down, cpu.batch_size, cpu.min_snr_gamma) == \
+        ("channel_mult_unet", 64, (1, 2), 2, True, 64, 5.0)
     assert cpu.steps == p1_ddpm_train.RECIPES["cpu"]["steps"] and not cpu.given  # presets are defaults, not "given"
     mine = p1_ddpm_train.parse_args(["--recipe", "cpu", "--n-feat", "96", "--lr", "3e-4"])
     assert (mine.n_feat, mine.lr, mine.patch) == (96, 3e-4, 2) and mine.given == {"n_feat"}
+    assert not p1_ddpm_train.parse_args(["--recipe", "cpu", "--no-cond-down"]).cond_down
     gpu = p1_ddpm_train.parse_args([])
-    assert (gpu.recipe, gpu.arch, gpu.n_feat, gpu.batch_size, gpu.min_snr_gamma) == ("gpu", "context_unet", 128, 256, 0)
+    assert (gpu.recipe, gpu.arch, gpu.n_feat, gpu.batch_size, gpu.min_snr_gamma, gpu.cond_down) == \
+        ("gpu", "context_unet", 128, 256, 0, False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert p1_ddpm_train.parse_args(["--recipe", "auto"]).recipe == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert p1_ddpm_train.parse_args(["--recipe", "auto"]).arch == "context_unet"
 
 
-def test_patch_needs_a_network_that_takes_it(cli_error):
+def test_patch_and_cond_down_need_a_network_that_takes_them(cli_error):
     with cli_error("--patch 2: only the channel_mult_unet takes patches"):
         p1_ddpm_train.parse_args(["--patch", "2"])
+    with cli_error("--cond-down: only the channel_mult_unet has it"):
+        p1_ddpm_train.parse_args(["--cond-down"])
     with cli_error(r"--patch 2 with --channel-mult 1,2,4: .* must halve evenly 2 time\(s\)"):
         p1_ddpm_train.parse_args(["--arch", "channel_mult_unet", "--patch", "2"])
 
@@ -75,6 +79,27 @@ def test_patch_network_sees_2x2_patches_and_gives_eps_back_per_pixel():
     torch.testing.assert_close(net.decode(net.encode(x, t), digit, dset), eps)  # guidance's shared encoder
     with pytest.raises(ValueError, match="must halve evenly"):
         ChannelMultUnet(n_feat=8, channel_mult=(1, 2, 4), patch=2)
+
+
+@pytest.mark.parametrize("cond_down", [False, True])
+def test_cond_down_brings_the_condition_to_the_down_path(cond_down):
+    """With cond_down the digit changes the down path's maps (ADM-style conditioning); without, the down path
+    sees only x and t. Same parameters either way: the flag changes where the embedding goes, not the weights."""
+    torch.manual_seed(0)
+    net = ChannelMultUnet(n_feat=8, channel_mult=(1, 2), patch=2, cond_down=cond_down)
+    for p in net.parameters():  # zero-initialised convolutions would hide the embedding
+        p.data.normal_(0, 0.2)
+    maps = []
+    net.down[0].register_forward_hook(lambda m, inp, out: maps.append(out))
+    x, t, dset = torch.randn(2, 3, 28, 28), torch.tensor([100, 300]), torch.tensor([0, 1])
+    with torch.no_grad():
+        eps = [net(x, t, torch.tensor([d, d]), dset) for d in (3, 8)]
+    assert (eps[0] - eps[1]).abs().max() > 0.1
+    assert ((maps[0] - maps[1]).abs().max() > 0.1) == cond_down
+    assert set(net.state_dict()) == set(ChannelMultUnet(n_feat=8, channel_mult=(1, 2), patch=2).state_dict())
+    if cond_down:
+        with pytest.raises(ValueError, match="no condition-free encode"):
+            net.encode(x, t)
 
 
 def test_plan_says_what_runs_and_why_a_step_is_skipped(tmp_path):
@@ -130,8 +155,36 @@ def test_training_benchmark_end_to_end(shared, tmp_path):
     assert 0 < units[0] < units[1] <= saved["train_units"] + 1e-9
     assert all(0 <= p[k] <= 1 for p in saved["points"] for k in ("mnistm", "svhn"))
     assert saved["final"]["per_digit"] == 1 and 0 <= saved["final"]["mean"] <= 1
-    assert saved["config"]["model"]["patch"] == 2 and saved["config"]["training"]["min_snr_gamma"] == 5.0
+    assert saved["config"]["model"]["patch"] == 2 and saved["config"]["model"]["cond_down"]
+    assert saved["config"]["training"]["min_snr_gamma"] == 5.0
     assert saved["extra_flags"][-1] == "8" and "cpu" in saved and saved["precision"]
     assert (tmp_path / "run" / f"model_{saved['steps']:06d}.pt").is_file()
+    # the training keeps its convolutions' weights channels_last (faster on a CPU)
+    weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]["conv_in.weight"]
+    assert weights.is_contiguous(memory_format=torch.channels_last) and not weights.is_contiguous()
     plot = np.asarray(Image.open(out.with_suffix(".png")).convert("L"), dtype=float)
     assert plot.shape[1] > 500 and plot.std() > 10
+
+
+def test_train_step_benchmark_times_each_layout_against_the_first(tmp_path, monkeypatch):
+    """bench_p1_train_step.py --bf16: the recipe's step timed in NCHW and channels_last (compile left out: it
+    takes a minute), ratios to the first row, the layout really used, JSON written."""
+    layouts, build = [], bench_p1_train_step.build_from_config
+
+    def spy(config):
+        net = build(config)
+        net.conv_in.register_forward_hook(lambda m, inp, out: layouts.append(
+            m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()))
+        return net
+
+    monkeypatch.setattr(bench_p1_train_step, "build_from_config", spy)
+    result = bench_p1_train_step.main(["--bf16", "--steps", "2", "--warmup", "1", "--no-compile", "--out",
+                                       str(tmp_path / "step.json")])
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert saved == json.loads(json.dumps(result)) and saved["batch_size"] == 64 and saved["precision"] == "bf16"
+    assert [(r["variant"], r["channels_last"]) for r in saved["rows"]] == [("eager, NCHW", False),
+                                                                            ("eager, channels_last", True)]
+    assert saved["rows"][0]["speed_vs_first"] == 1.0 and all(r["seconds_per_step"] > 0 for r in saved["rows"])
+    first, second = saved["rows"]
+    assert second["speed_vs_first"] == pytest.approx(first["seconds_per_step"] / second["seconds_per_step"])
+    assert layouts == [False] * 3 + [True] * 3  # 1 warm-up + 2 timed steps each

@@ -145,13 +145,15 @@ def test_guidance_interval_guides_only_inside_and_saves_the_forward_outside():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-@pytest.mark.parametrize("arch", ["context_unet", "channel_mult_unet"])
-def test_guidance_shares_the_encoder(arch, chunk):
-    """In both P1 networks the condition enters after the down path: a guided step runs `encode` once per
-    image, not twice, and gives the eps of two full forwards; also in a batch that straddles a guidance
-    interval."""
+@pytest.mark.parametrize("arch,cond_down", [("context_unet", False), ("channel_mult_unet", False),
+                                            ("channel_mult_unet", True)])
+def test_guidance_shares_the_encoder(arch, cond_down, chunk):
+    """Where the condition enters after the down path (both P1 networks, unless cond_down) a guided step runs
+    `encode` once per image, not twice; a cond_down network runs its down path for both passes. Either gives
+    the eps of two full forwards; also in a batch that straddles a guidance interval."""
     torch.manual_seed(0)
-    net = build_from_config({"model": {"arch": arch, "n_feat": 16}}).eval()
+    model = {"arch": arch, "n_feat": 16, **({"cond_down": True} if cond_down else {})}
+    net = build_from_config({"model": model}).eval()
     for p in net.parameters():  # a random network whose output depends on the condition
         p.data.normal_(0, 0.2)
     encoded = []
@@ -168,7 +170,7 @@ def test_guidance_shares_the_encoder(arch, chunk):
             expected = torch.where(guided.view(-1, 1, 1, 1), 3.0 * cond - 2.0 * uncond, cond)
             assert torch.allclose(out, expected, atol=1e-5), interval
             assert (cond - uncond).abs().max() > 0.1  # the condition matters, so the check above means something
-            assert sum(encoded) == 5  # each image once: without the shared encoder, 5 + guided.sum()
+            assert sum(encoded) == 5 + (guided.sum() if cond_down else 0)  # shared: each image once
 
 
 def _random_p1_net(arch: str, **model) -> torch.nn.Module:
