@@ -20,7 +20,7 @@ from utils.runtime import cpu_capability, native_bf16
 
 # Step costs in units (fp32 unless named): measured on 2-core EPYC hosts unless "by FLOPs".
 P1_SAMPLE_UNITS = 1.4 + 0.3   # 1,000 graded images at the defaults (docs/results/p1_sampling.md) + grids, reverse process
-P1_TRAIN_CPU_UNITS = 60.0     # p1_ddpm_train.py --recipe cpu, fp32 (docs/results/p1_training.md)
+P1_TRAIN_CPU_UNITS = 57.3     # p1_ddpm_train.py --recipe cpu, fp32 (docs/results/p1_training.md)
 P1_CURVE_UNITS = 1.5          # scoring the kept checkpoints, 200 images a data set each
 P2_IMAGE_UNITS = 1.0          # one 256x256 face, 50 DDIM steps of the 113.7 M UNet (docs/results/p2.md: ~51 s)
 P2_IMAGES = 10 + 5 * 4 + 2 * 11  # the noises, the eta grid, the two interpolation rows
