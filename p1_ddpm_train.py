@@ -247,12 +247,8 @@ def distillation_config(args, config: dict) -> dict:
                                        "steps": args.student_steps}}
 
 
-def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, torch.nn.Module | None]:
-    """(config, state, init, teacher) of the run the flags ask for: a fresh network's config from the flags, or
-    OUT_DIR/last.pt to resume (`state`, its config), or --init-from / --distill-* weights to start from (`init`,
-    their config), and for a distillation the teacher network."""
-    main_process = accelerator.is_main_process
-    last = check_out_dir(args.out_dir, args.resume)
+def model_config(args) -> dict:
+    """A fresh network's `config["model"]` from the flags (what `build_from_config` builds)."""
     model = {"in_channels": 3, "n_feat": args.n_feat, "num_digits": 10, "num_datasets": len(DATASETS)}
     if args.arch == "channel_mult_unet":
         model = {"arch": args.arch, **model, "channel_mult": list(args.channel_mult)}
@@ -260,7 +256,16 @@ def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, t
             model["patch"] = args.patch
         if args.cond_down:
             model["cond_down"] = True
-    config = {"model": model,
+    return model
+
+
+def starting_point(args, accelerator) -> tuple[dict, dict | None, dict | None, torch.nn.Module | None]:
+    """(config, state, init, teacher) of the run the flags ask for: a fresh network's config from the flags, or
+    OUT_DIR/last.pt to resume (`state`, its config), or --init-from / --distill-* weights to start from (`init`,
+    their config), and for a distillation the teacher network."""
+    main_process = accelerator.is_main_process
+    last = check_out_dir(args.out_dir, args.resume)
+    config = {"model": model_config(args),
               "schedule": {"num_steps": args.num_timesteps, "beta_start": args.beta_start, "beta_end": args.beta_end},
               "datasets": list(DATASETS), "image_size": 28, "p_uncond": args.p_uncond}
     state = init = teacher = None

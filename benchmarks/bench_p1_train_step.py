@@ -2,7 +2,7 @@
 
 Times forward + backward + AdamW of a recipe's network (default `--recipe cpu`) at the recipe's batch
 size with its loss (Min-SNR where the recipe has it), on random images and labels: NCHW against
-channels_last (what `p1_ddpm_train.py` uses), eager against `torch.compile` of the network. Each variant
+channels_last (what `p1_ddpm_train.py` uses in fp32), eager against `torch.compile` of the network. Each variant
 runs --warmup untimed steps (compilation included, reported apart), then --steps timed ones; the median
 is taken. Prints the CPU capability and threads, a table with each variant's speed as a ratio to the
 first (eager, NCHW), and writes JSON.
@@ -47,11 +47,8 @@ def parse_args(argv=None):
 def time_variant(args, recipe, channels_last: bool, compiled: bool) -> dict:
     """Median seconds a step over --steps timed steps, and the seconds of the --warmup untimed ones."""
     torch.manual_seed(0)
-    model = {"arch": recipe.arch, "n_feat": recipe.n_feat, "num_digits": 10, "num_datasets": 2}
-    if recipe.arch == "channel_mult_unet":
-        model.update(channel_mult=recipe.channel_mult, patch=recipe.patch, cond_down=recipe.cond_down)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    net = build_from_config({"model": model}).to(memory_format=layout)
+    net = build_from_config({"model": p1_ddpm_train.model_config(recipe)}).to(memory_format=layout)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr)
     forward = torch.compile(net) if compiled else net
     alpha_bar = alphas_cumprod(linear_betas(recipe.num_timesteps, recipe.beta_start, recipe.beta_end)).float()
