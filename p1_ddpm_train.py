@@ -40,7 +40,7 @@ RECIPES = {
     # the ContextUnet-128's 2.2), the condition in every block (it learns the digits' shapes about twice as fast),
     # small batches at a higher learning rate, Min-SNR-5 weighting
     "cpu": {"arch": "channel_mult_unet", "n_feat": 64, "channel_mult": (1, 2), "patch": 2, "cond_down": True,
-            "batch_size": 64, "lr": 2e-3, "warmup": 200, "min_snr_gamma": 5.0, "steps": 9700},
+            "batch_size": 64, "lr": 3e-3, "warmup": 200, "min_snr_gamma": 5.0, "steps": 8500},
 }
 CONFIG_FLAGS = ("arch", "n_feat", "channel_mult", "patch", "cond_down", "num_timesteps", "beta_start", "beta_end",
                 "p_uncond")
@@ -53,9 +53,9 @@ def parse_args(argv=None):
                    help="a named preset of the flags below (any flag given explicitly still wins); auto = gpu where "
                         "CUDA is available, cpu otherwise; gpu = the shipped checkpoint's (10,000 steps of the "
                         "ContextUnet-128 at batch 256: about 6 minutes on one H100, about 22 hours on 2 CPU cores); "
-                        "cpu = a patch-2 channel_mult_unet with --cond-down, batch 64, lr 2e-3, Min-SNR-5, 9,700 "
-                        "steps (57 units of benchmarks/bench_p1_sampling.py in fp32 on a 2-core AVX-512 CPU: about "
-                        "40 minutes; faster in bf16 where the CPU has it natively)")
+                        "cpu = a patch-2 channel_mult_unet with --cond-down, batch 64, lr 3e-3, Min-SNR-5, 8,500 "
+                        "steps (in fp32 about 58 units of benchmarks/bench_p1_sampling.py with AVX2 kernels, 50 with "
+                        "AVX-512's, on 2 cores: 35-45 minutes; faster in bf16 where the CPU has it natively)")
     p.add_argument("--data-root", type=Path, default=Path("hw2_data/digits"),
                    help="folder holding mnistm/ and svhn/ in the course layout (data/*.png + train.csv)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/p1"),

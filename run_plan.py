@@ -20,7 +20,9 @@ from utils.runtime import cpu_capability, native_bf16
 
 # Step costs in units (fp32 unless named): measured on 2-core EPYC hosts unless "by FLOPs".
 P1_SAMPLE_UNITS = 1.4 + 0.3   # 1,000 graded images at the defaults (docs/results/p1_sampling.md) + grids, reverse process
-P1_TRAIN_CPU_UNITS = 57.3     # p1_ddpm_train.py --recipe cpu, fp32 (docs/results/p1_training.md)
+# p1_ddpm_train.py --recipe cpu in fp32, by the kernels torch runs: a training step's backward costs more units
+# with AVX2's than with AVX-512's (docs/results/p1_training.md, "On AVX2 kernels")
+P1_TRAIN_CPU_UNITS = {"AVX512": 50.2, "AVX2": 58.0}
 P1_CURVE_UNITS = 1.5          # scoring the kept checkpoints, 200 images a data set each
 P2_IMAGE_UNITS = 1.0          # one 256x256 face, 50 DDIM steps of the 113.7 M UNet (docs/results/p2.md: ~51 s)
 P2_IMAGES = 10 + 5 * 4 + 2 * 11  # the noises, the eta grid, the two interpolation rows
@@ -45,6 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--unit-forwards", type=int, default=250,
                    help="classic forwards timed for the unit (250: about 6 s on 2 cores; fewer: quicker, noisier)")
     return p.parse_args(argv)
+
+
+def p1_train_units() -> float:
+    """Units of `--recipe cpu` in fp32 here: the AVX-512 figure where torch runs those kernels, else AVX2's."""
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return P1_TRAIN_CPU_UNITS["AVX512" if avx512 else "AVX2"]
 
 
 def minutes(m: float) -> str:
@@ -72,7 +80,7 @@ def plan(args, unit_s: float | None, gpu: str | None) -> list[tuple[str, str, st
     if args.train:
         recipe = "gpu" if gpu else "cpu"
         steps.append(("P1 training (p1_ddpm_train.py --recipe " + recipe + ")", "run",
-                      took(P1_TRAIN_CPU_UNITS, "p1_train", bf16_speedup=True)
+                      took(p1_train_units(), "p1_train", bf16_speedup=True)
                       + ("" if gpu else "; no GPU here, so the CPU recipe")))
         steps.append(("SVHN judge training, accuracy curve", "run", took(P1_CURVE_UNITS + 2, "judge")))
     steps.append(("P1 sampling: 1,000 images, grids, reverse process, scores", "run",

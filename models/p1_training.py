@@ -98,10 +98,7 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     elif init is not None:  # a distilled student's guidance embedding is not in its teacher: it starts at zero
         missing = net.load_state_dict(init, strict=teacher is None).missing_keys
         assert all(k.startswith("w_emb.") for k in missing), missing
-    # fp32 keeps the network and the batches channels_last (0.97-1.14x a step on a CPU); under bf16 autocast it was
-    # 0.65x there, so NCHW (docs/results/p1_training.md, "A higher learning rate and channels_last")
-    layout = {"memory_format": torch.channels_last if dtype == torch.float32 else torch.contiguous_format}
-    net.to(device, **layout)
+    net.to(device)  # NCHW: channels_last did not pay on a CPU (docs/results/p1_training.md, "channels_last")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if state is not None:
         ema.load_state_dict(state["ema"])
@@ -144,9 +141,9 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     def train_step(i):
         batch = draw_batch(gen, weights, labels, null, batch_size, len(mid) if mid is not None else T,
                            0.0 if distill else config["p_uncond"], distill["w_range"] if distill else None)
-        x0 = (images[batch.idx.to(device)].float() / 127.5 - 1).contiguous(**layout)  # (B, 3, 28, 28) in [-1, 1]
+        x0 = images[batch.idx.to(device)].float() / 127.5 - 1  # (B, 3, 28, 28) in [-1, 1]
         cond = tuple(c.to(device) for c in batch.cond)
-        t, noise = batch.t.to(device), batch.noise.to(device).contiguous(**layout)
+        t, noise = batch.t.to(device), batch.noise.to(device)
         for group in opt.param_groups:
             group["lr"] = step_lr(i)
         if teacher is None:

@@ -176,8 +176,11 @@ COMMANDS = {
     "python benchmarks/bench_p1_training.py --recipe cpu --units 60 --bf16 off":
         Covered("the same benchmark on tiny settings, its JSON and plot checked",
                 "tests/test_p1_cpu_recipe.py::test_training_benchmark_end_to_end"),
-    "python benchmarks/bench_p1_train_step.py": Run(append=f"--steps 1 --warmup 1 --no-compile {BENCH_OUT}",
-                                                    creates=("outputs/bench.json",)),
+    "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_p1_training.py --recipe cpu --units 60 "
+    "--bf16 off": Covered("the same benchmark on tiny settings (the variables only pick torch's kernels)",
+                          "tests/test_p1_cpu_recipe.py::test_training_benchmark_end_to_end"),
+    "python benchmarks/bench_p1_train_step.py": Run(
+        append=f"--steps 1 --warmup 1 --no-compile --unit-forwards 2 {BENCH_OUT}", creates=("outputs/bench.json",)),
     "python benchmarks/bench_p1_train_step.py --bf16": Covered(
         "the same benchmark in bf16 on tiny settings, its layouts and JSON checked",
         "tests/test_p1_cpu_recipe.py::test_train_step_benchmark_times_each_layout_against_the_first"),

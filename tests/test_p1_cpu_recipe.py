@@ -102,6 +102,21 @@ def test_cond_down_brings_the_condition_to_the_down_path(cond_down):
             net.encode(x, t)
 
 
+def test_plan_times_the_cpu_recipe_by_the_kernels_torch_runs(tmp_path, monkeypatch):
+    """A training step's backward costs more units with AVX2 kernels: the plan's estimate follows the kernels."""
+    args = run_plan.parse_args(["--data", str(tmp_path), "--train"])
+    monkeypatch.setattr(run_plan, "native_bf16", lambda: False)
+    said = {}
+    for kernels in ("AVX512", "AVX2", "DEFAULT"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda k=kernels: k)
+        steps = {name: when for name, _, when in run_plan.plan(args, unit_s=60.0, gpu=None)}
+        said[kernels] = steps["P1 training (p1_ddpm_train.py --recipe cpu)"]
+    for kernels in ("AVX512", "AVX2"):
+        units = run_plan.P1_TRAIN_CPU_UNITS[kernels]
+        assert said[kernels].startswith(f"about {units:.0f} minutes ({units:,.0f} units)")
+    assert said["DEFAULT"] == said["AVX2"] != said["AVX512"]
+
+
 def test_plan_says_what_runs_and_why_a_step_is_skipped(tmp_path):
     data = tmp_path / "hw2_data"
     (data / "clip_zeroshot" / "val").mkdir(parents=True)
@@ -109,7 +124,7 @@ def test_plan_says_what_runs_and_why_a_step_is_skipped(tmp_path):
     steps = {name: (what, when) for name, what, when in run_plan.plan(args, unit_s=50.0, gpu=None)}
     train = steps["P1 training (p1_ddpm_train.py --recipe cpu)"]
     assert train[0] == "run" and "no GPU here, so the CPU recipe" in train[1]
-    units = run_plan.P1_TRAIN_CPU_UNITS / (2 if run_plan.native_bf16() else 1)
+    units = run_plan.p1_train_units() / (2 if run_plan.native_bf16() else 1)
     assert f"({units:,.0f} units)" in train[1] and f"about {units * 50 / 60:.0f} minutes" in train[1]
     assert steps["P2 DDIM: 10 faces, MSE, eta grid, interpolation"] == ("skip", f"{data / 'face/UNet.pt'} is missing "
                                                                               "(the course's face UNet; see hw2_data/README.md)")
@@ -159,16 +174,13 @@ def test_training_benchmark_end_to_end(shared, tmp_path):
     assert saved["config"]["training"]["min_snr_gamma"] == 5.0
     assert saved["extra_flags"][-1] == "8" and "cpu" in saved and saved["precision"]
     assert (tmp_path / "run" / f"model_{saved['steps']:06d}.pt").is_file()
-    # in fp32 the training keeps its convolutions' weights channels_last
-    weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]["conv_in.weight"]
-    assert weights.is_contiguous(memory_format=torch.channels_last) and not weights.is_contiguous()
     plot = np.asarray(Image.open(out.with_suffix(".png")).convert("L"), dtype=float)
     assert plot.shape[1] > 500 and plot.std() > 10
 
 
 def test_train_step_benchmark_times_each_layout_against_the_first(tmp_path, monkeypatch):
     """bench_p1_train_step.py --bf16: the recipe's step timed in NCHW and channels_last (compile left out: it
-    takes a minute), ratios to the first row, the layout really used, JSON written."""
+    takes a minute), ratios to the first row, the layout really used, the recipe's steps in units, JSON written."""
     layouts, build = [], bench_p1_train_step.build_from_config
 
     def spy(config):
@@ -178,8 +190,8 @@ def test_train_step_benchmark_times_each_layout_against_the_first(tmp_path, monk
         return net
 
     monkeypatch.setattr(bench_p1_train_step, "build_from_config", spy)
-    result = bench_p1_train_step.main(["--bf16", "--steps", "2", "--warmup", "1", "--no-compile", "--out",
-                                       str(tmp_path / "step.json")])
+    result = bench_p1_train_step.main(["--bf16", "--steps", "2", "--warmup", "1", "--no-compile",
+                                       "--unit-forwards", "2", "--out", str(tmp_path / "step.json")])
     saved = json.loads((tmp_path / "step.json").read_text())
     assert saved == json.loads(json.dumps(result)) and saved["batch_size"] == 64 and saved["precision"] == "bf16"
     assert [(r["variant"], r["channels_last"]) for r in saved["rows"]] == [("eager, NCHW", False),
@@ -187,4 +199,8 @@ def test_train_step_benchmark_times_each_layout_against_the_first(tmp_path, monk
     assert saved["rows"][0]["speed_vs_first"] == 1.0 and all(r["seconds_per_step"] > 0 for r in saved["rows"])
     first, second = saved["rows"]
     assert second["speed_vs_first"] == pytest.approx(first["seconds_per_step"] / second["seconds_per_step"])
+    assert saved["recipe_steps"] == p1_ddpm_train.RECIPES["cpu"]["steps"] and saved["unit_s"] > 0
+    for r in saved["rows"]:
+        units = saved["recipe_steps"] * r["seconds_per_step"] / saved["unit_s"]
+        assert r["units_for_recipe_steps"] == pytest.approx(units)
     assert layouts == [False] * 3 + [True] * 3  # 1 warm-up + 2 timed steps each
