@@ -23,6 +23,9 @@ P1_SAMPLE_UNITS = 1.4 + 0.3   # 1,000 graded images at the defaults (docs/result
 # p1_ddpm_train.py --recipe cpu in fp32, by the kernels torch runs: a training step's backward costs more units
 # with AVX2's than with AVX-512's (docs/results/p1_training.md, "On AVX2 kernels")
 P1_TRAIN_CPU_UNITS = {"AVX512": 50.2, "AVX2": 58.0}
+# how much faster bf16 runs where the CPU has it natively (docs/results/p1_training.md: 0.294 against 0.175 s a
+# step; p1_sampling.md: 1.34 against 0.71 units)
+P1_TRAIN_BF16_SPEEDUP, P1_SAMPLE_BF16_SPEEDUP = 1.68, 1.89
 P1_CURVE_UNITS = 1.5          # scoring the kept checkpoints, 200 images a data set each
 P2_IMAGE_UNITS = 1.0          # one 256x256 face, 50 DDIM steps of the 113.7 M UNet (docs/results/p2.md: ~51 s)
 P2_IMAGES = 10 + 5 * 4 + 2 * 11  # the noises, the eta grid, the two interpolation rows
@@ -69,10 +72,10 @@ def plan(args, unit_s: float | None, gpu: str | None) -> list[tuple[str, str, st
     """(step, "run" or "skip", when / why) for each step of run_all.sh."""
     bf16 = gpu is None and native_bf16()
 
-    def took(units: float, gpu_key: str, by_flops: bool = False, bf16_speedup: bool = False) -> str:
+    def took(units: float, gpu_key: str, by_flops: bool = False, bf16_speedup: float = 1.0) -> str:
         if gpu is not None:
             return minutes(GPU_MINUTES[gpu_key]) + " (measured on one H100)"
-        u = units / 2 if bf16_speedup and bf16 else units
+        u = units / bf16_speedup if bf16 else units
         return f"{minutes(u * unit_s / 60)} ({u:,.0f} unit{'' if round(u) == 1 else 's'}{', by FLOPs' if by_flops else ''})"
 
     data = args.data
@@ -80,11 +83,11 @@ def plan(args, unit_s: float | None, gpu: str | None) -> list[tuple[str, str, st
     if args.train:
         recipe = "gpu" if gpu else "cpu"
         steps.append(("P1 training (p1_ddpm_train.py --recipe " + recipe + ")", "run",
-                      took(p1_train_units(), "p1_train", bf16_speedup=True)
+                      took(p1_train_units(), "p1_train", bf16_speedup=P1_TRAIN_BF16_SPEEDUP)
                       + ("" if gpu else "; no GPU here, so the CPU recipe")))
         steps.append(("SVHN judge training, accuracy curve", "run", took(P1_CURVE_UNITS + 2, "judge")))
     steps.append(("P1 sampling: 1,000 images, grids, reverse process, scores", "run",
-                  took(P1_SAMPLE_UNITS, "p1_sample", bf16_speedup=True)))
+                  took(P1_SAMPLE_UNITS, "p1_sample", bf16_speedup=P1_SAMPLE_BF16_SPEEDUP)))
     face = data / "face" / "UNet.pt"
     steps.append(("P2 DDIM: 10 faces, MSE, eta grid, interpolation", *(
         ("run", took(P2_IMAGE_UNITS * P2_IMAGES, "p2")) if face.is_file() else

@@ -124,7 +124,7 @@ def test_plan_says_what_runs_and_why_a_step_is_skipped(tmp_path):
     steps = {name: (what, when) for name, what, when in run_plan.plan(args, unit_s=50.0, gpu=None)}
     train = steps["P1 training (p1_ddpm_train.py --recipe cpu)"]
     assert train[0] == "run" and "no GPU here, so the CPU recipe" in train[1]
-    units = run_plan.p1_train_units() / (2 if run_plan.native_bf16() else 1)
+    units = run_plan.p1_train_units() / (run_plan.P1_TRAIN_BF16_SPEEDUP if run_plan.native_bf16() else 1)
     assert f"({units:,.0f} units)" in train[1] and f"about {units * 50 / 60:.0f} minutes" in train[1]
     assert steps["P2 DDIM: 10 faces, MSE, eta grid, interpolation"] == ("skip", f"{data / 'face/UNet.pt'} is missing "
                                                                               "(the course's face UNet; see hw2_data/README.md)")
