@@ -106,5 +106,6 @@ def main(argv=None):
     print(f"wrote {args.out}")
     return result
 
+
 if __name__ == "__main__":
     main()

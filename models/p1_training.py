@@ -98,7 +98,7 @@ def train(accelerator: Accelerator, dtype: torch.dtype, config: dict, data: Digi
     elif init is not None:  # a distilled student's guidance embedding is not in its teacher: it starts at zero
         missing = net.load_state_dict(init, strict=teacher is None).missing_keys
         assert all(k.startswith("w_emb.") for k in missing), missing
-    net.to(device)  # NCHW: channels_last did not pay on a CPU (docs/results/p1_training.md, "channels_last")
+    net.to(device)  # NCHW: channels_last did not pay on a CPU (docs/results/p1_training.md, "On AVX2 kernels")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if state is not None:
         ema.load_state_dict(state["ema"])
